@@ -1,0 +1,43 @@
+"""Shared fixtures: the real models, pulled into models/ once and cached there."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def _pulled(name: str) -> str:
+    from tinyllm.registry import resolve
+    return resolve(name, pull_if_missing=True, log=lambda m: print(m, file=sys.stderr))
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    return _pulled("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> str:
+    return _pulled("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    """(Model, Tokenizer) for SmolLM2 with a 2048-token context."""
+    from tinyllm.model import Model
+    from tinyllm.tokenizer import Tokenizer
+    m = Model(smollm2_path, n_ctx=2048)
+    return m, Tokenizer.from_gguf(m.gguf)
+
+
+def run_cli(*args, input=None, timeout=600, env=None):
+    """Run `python -m tinyllm ARGS` in a fresh process; returns CompletedProcess."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tinyllm", *map(str, args)], input=input,
+                          capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)

@@ -1,0 +1,237 @@
+"""The `tinyllm` command: pull, list, run, chat, tokenize, perplexity, bench.
+
+Errors a user can cause (bad path, corrupt file, prompt too long, ...) are
+TinyLLMError: one line on stderr, exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import TinyLLMError
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def peak_rss_mib() -> float:
+    """VmHWM: the most resident memory this process has had, in MiB (2^20 bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # macOS: ru_maxrss is in bytes there
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+def open_model(args, quiet: bool = False):
+    """MODEL name/path -> (Model, Tokenizer). Pulls registry models that are missing."""
+    from . import jit
+    from .model import Model
+    from .registry import resolve
+    from .tokenizer import Tokenizer
+
+    path = resolve(args.model, pull_if_missing=True, log=log)
+    if getattr(args, "threads", None):
+        jit.set_threads(args.threads)
+    model = Model(path, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"))
+    tok = Tokenizer.from_gguf(model.gguf)
+    types = sorted({t.type_name for t in model.gguf.tensors.values()})
+    jit.warmup(types, log=(lambda m: None) if quiet else log)
+    return model, tok
+
+
+def _threads_arg(p):
+    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: all cores)")
+
+
+def _model_args(p, optional=False):
+    if optional:
+        p.add_argument("model", nargs="?", default=None, help="registry name or .gguf path (default: smollm2-135m)")
+    else:
+        p.add_argument("model", help="registry name or path to a .gguf file")
+    p.add_argument("--ctx", "-c", type=int, default=None, help="context length in tokens (default 2048)")
+    p.add_argument("--kv-type", default="f16", choices=["f32", "f16"], help="KV cache storage type")
+    _threads_arg(p)
+
+
+def _sampling_args(p, temp=0.8):
+    p.add_argument("--temp", type=float, default=temp, help="temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _sampler(args):
+    from .sampling import Sampler, SamplerSettings
+    return Sampler(SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                                   min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed))
+
+
+# ---- verbs -----------------------------------------------------------------------------
+
+def cmd_pull(args):
+    from .registry import pull
+    for name in args.names:
+        pull(name, log=log)
+
+
+def cmd_list(args):
+    from .registry import list_models
+    for name, path, present, desc in list_models():
+        size = f"{os.path.getsize(path) / 2**20:8.1f} MiB" if present else "  (not pulled)"
+        print(f"{name:<16} {size}  {desc}")
+
+
+def cmd_run(args):
+    from .generate import Session, Stats
+    model, tok = open_model(args)
+    session = Session(model, tok)
+    ids = tok.encode(args.prompt, parse_special=args.special)
+    stats = Stats()
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    for piece in session.generate(ids, _sampler(args), n_predict=args.n_predict, stats=stats):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    log(f"prefill: {stats.n_prompt} tokens, {stats.prefill_tok_s:.1f} tok/s | "
+        f"decode: {stats.n_gen} tokens, {stats.decode_tok_s:.1f} tok/s | "
+        f"peak RSS {peak_rss_mib():.0f} MiB | stop: {stats.stop_reason}")
+
+
+def cmd_chat(args):
+    from .chat import run_chat
+    run_chat(args)
+
+
+def cmd_tokenize(args):
+    from .gguf_file import GGUFFile
+    from .registry import resolve
+    from .tokenizer import Tokenizer
+    tok = Tokenizer.from_gguf(GGUFFile(resolve(args.model)))
+    print(json.dumps(tok.encode(args.text, add_bos=args.bos, parse_special=args.special)))
+
+
+def cmd_perplexity(args):
+    from .perplexity import perplexity
+    model, tok = open_model(args, quiet=args.json)
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise TinyLLMError(f"cannot read {args.file}: {e.strerror}") from None
+    res = perplexity(model, tok, text, args.ctx or 512,
+                     progress=None if args.json else (lambda i, n, p: log(f"window {i}/{n}: ppl {p:.4f}")))
+    if args.json:
+        print(json.dumps({"ppl": res.ppl, "tokens": res.n_scored}))
+    else:
+        print(f"perplexity {res.ppl:.4f} over {res.n_scored} tokens in {res.n_windows} windows of {res.ctx}")
+
+
+def cmd_bench(args):
+    import numpy as np
+    model, tok = open_model(args, quiet=args.json)
+    rng = np.random.default_rng(0)
+    # random ordinary tokens: the cost of a forward pass does not depend on which ids they are
+    prompt = rng.integers(100, min(model.cfg.n_vocab, 30000), size=args.n_prompt).tolist()
+    if args.n_prompt + args.n_gen > model.n_ctx:
+        raise TinyLLMError(f"-p {args.n_prompt} + -n {args.n_gen} exceeds the context {model.n_ctx}")
+    model.forward(prompt[:8], 0)                # touch every weight page once, as a warm-up
+    model.reset()
+    t0 = time.perf_counter()
+    for start in range(0, len(prompt), 256):
+        logits = model.forward(prompt[start:start + 256], start)
+    t_pp = time.perf_counter() - t0
+    pos, t0 = len(prompt), time.perf_counter()
+    for _ in range(args.n_gen):
+        tok_id = int(np.argmax(logits))
+        logits = model.forward([tok_id], pos)
+        pos += 1
+    t_tg = time.perf_counter() - t0
+    res = {"pp_tok_s": args.n_prompt / t_pp, "tg_tok_s": args.n_gen / t_tg, "peak_rss_mib": peak_rss_mib()}
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"prefill {res['pp_tok_s']:.1f} tok/s ({args.n_prompt} tokens) | decode {res['tg_tok_s']:.1f} "
+              f"tok/s ({args.n_gen} tokens) | peak RSS {res['peak_rss_mib']:.0f} MiB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tinyllm", description="Run quantized GGUF language models on the CPU.")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("pull", help="download a registry model into models/")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(fn=cmd_pull)
+
+    p = sub.add_parser("list", help="models in the registry and in models/")
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("run", help="continue a prompt")
+    _model_args(p)
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-n", "--n-predict", type=int, default=128)
+    p.add_argument("--special", action="store_true", help="parse control tokens in the prompt")
+    _sampling_args(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat (default model: smollm2-135m)")
+    _model_args(p, optional=True)
+    p.add_argument("-n", "--n-predict", type=int, default=512, help="max tokens per reply")
+    p.add_argument("--system", default=None, help="system prompt")
+    _sampling_args(p)
+    p.set_defaults(fn=cmd_chat)
+
+    p = sub.add_parser("tokenize", help="print token ids as JSON")
+    p.add_argument("model")
+    p.add_argument("text")
+    p.add_argument("--special", action="store_true", help="parse control tokens such as <|im_start|>")
+    p.add_argument("--bos", action="store_true", help="prepend BOS")
+    p.set_defaults(fn=cmd_tokenize)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file")
+    _model_args(p)
+    p.add_argument("--file", "-f", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_perplexity)
+
+    p = sub.add_parser("bench", help="prefill and decode speed")
+    _model_args(p)
+    p.add_argument("-p", dest="n_prompt", type=int, default=128)
+    p.add_argument("-n", dest="n_gen", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except TinyLLMError as e:
+        print(f"tinyllm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

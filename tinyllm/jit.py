@@ -1,0 +1,102 @@
+"""The one place numba is imported.
+
+numba compiles the quantized matvec kernels to machine code; without it
+(32-bit Raspberry Pi OS has no numba wheels, or TINYLLM_NO_NUMBA=1) every
+kernel has a pure-numpy fallback that computes the same numbers, slower.
+
+Compiled kernels are cached on disk (NUMBA_CACHE_DIR, default
+~/.cache/tinyllm/numba), so only the first run pays the ~10-30 s compile.
+The cache directory must be set before numba is imported, hence this module.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tinyllm", "numba")
+os.environ.setdefault("NUMBA_CACHE_DIR", DEFAULT_CACHE_DIR)
+CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+HAVE_NUMBA = False
+if os.environ.get("TINYLLM_NO_NUMBA", "").strip() not in ("", "0"):
+    numba = None
+else:
+    try:
+        import numba
+        HAVE_NUMBA = True
+    except ImportError:
+        numba = None
+
+# fastmath without nnan/ninf: lets LLVM reassociate sums into SIMD lanes and fuse
+# multiply-adds, but keeps inf/nan semantics so a broken scale still shows up as nan.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+if HAVE_NUMBA:
+    prange = numba.prange
+
+    def njit(*args, **kwargs):
+        """numba.njit with cache=True by default."""
+        kwargs.setdefault("cache", True)
+        if args and callable(args[0]):
+            return numba.njit(**kwargs)(args[0])
+        return numba.njit(*args, **kwargs)
+else:
+    prange = range
+
+    def njit(*args, **kwargs):
+        """No numba: return the Python function unchanged (callers use numpy paths)."""
+        if args and callable(args[0]):
+            return args[0]
+        return lambda f: f
+
+
+def set_threads(n: int) -> int:
+    """Use n threads for the parallel kernels (clamped to what numba started with)."""
+    if not HAVE_NUMBA:
+        return 1
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+def get_threads() -> int:
+    return numba.get_num_threads() if HAVE_NUMBA else 1
+
+
+def _cache_is_warm(dispatchers) -> bool:
+    """True when every kernel has an on-disk cache index newer than its source file."""
+    for d in dispatchers:
+        src = d.py_func.__code__.co_filename
+        qual = d.py_func.__qualname__
+        try:
+            src_mtime = os.path.getmtime(src)
+        except OSError:
+            return False
+        # numba names index files <module>.<qualname>-<line>.py<ver>.nbi somewhere under CACHE_DIR
+        stem = os.path.splitext(os.path.basename(src))[0]
+        hits = glob.glob(os.path.join(CACHE_DIR, "**", f"{stem}.{qual}-*.nbi"), recursive=True)
+        if not hits or max(os.path.getmtime(h) for h in hits) < src_mtime:
+            return False
+    return True
+
+
+def warmup(type_names, log=print) -> None:
+    """Compile (or load from the disk cache) the kernels for these tensor types.
+
+    Called once at model load so the first token is not delayed by compilation;
+    prints one line through `log` when the cache is cold.
+    """
+    if not HAVE_NUMBA:
+        return
+    from .quant import FORMATS  # late import: quant imports this module
+    fmts = [FORMATS[name] for name in sorted(set(type_names)) if name in FORMATS]
+    dispatchers = [k for f in fmts for k in f.kernels()]
+    if not dispatchers:
+        return
+    if not _cache_is_warm(dispatchers):
+        shown = CACHE_DIR.replace(os.path.expanduser("~"), "~", 1)
+        log(f"compiling numba kernels for {', '.join(f.name for f in fmts)} "
+            f"(first run only; cached in {shown})")
+    for f in fmts:
+        f.warmup()

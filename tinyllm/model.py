@@ -1,0 +1,258 @@
+"""A decoder-only transformer read from GGUF: hyper-parameters, weights, forward pass.
+
+One forward pass serves every supported family; what differs between them is
+configuration read from the GGUF metadata and from which tensors exist:
+
+    family   rope pairs  q/k norm  qkv bias  ffn gate    extra
+    llama    adjacent    -         -         SiLU        rope_freqs (Llama 3 scaling) if present
+    qwen2    halves      -         yes       SiLU
+    qwen3    halves      yes       -         SiLU
+    gemma3   halves      yes       -         GELU-tanh   x*sqrt(n_embd) embeddings, post-norms,
+                                                         sliding-window layers with their own rope base
+
+Shapes use T = tokens in this call, E = n_embd, H = n_head, Hkv = n_head_kv,
+D = head_dim, F = n_ff, V = n_vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .attention import attention
+from .errors import TinyLLMError
+from .gguf_file import GGUFFile
+from .kvcache import KVCache
+from .ops import gelu_tanh, rms_norm, rope, rope_cache, silu
+from .quant import QTensor, linear
+
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
+
+
+@dataclass
+class Config:
+    arch: str
+    n_layer: int
+    n_embd: int                    # E, width of the residual stream
+    n_ff: int                      # F, hidden width of the feed-forward block
+    n_head: int                    # H, query heads
+    n_head_kv: int                 # Hkv, key/value heads (grouped-query attention)
+    head_dim: int                  # D of keys and queries
+    head_dim_v: int                # D of values
+    n_vocab: int
+    n_ctx_train: int               # context length the model was trained for
+    norm_eps: float
+    rope_freq_base: float
+    rope_dim: int                  # features rotated per head (<= head_dim)
+    rope_neox: bool                # pairs are halves (neox) rather than adjacent (llama)
+    rope_freq_scale: float = 1.0
+    attn_scale: float = 0.0        # multiplies q.k; 1/sqrt(head_dim) unless the family says otherwise
+    embed_scale: float = 1.0       # gemma multiplies embeddings by sqrt(E)
+    ffn_act: str = "silu"          # gate activation: silu (SwiGLU) or gelu_tanh (GeGLU)
+    sliding_window: int = 0        # 0 = every layer attends to the whole context
+    swa_layers: tuple = ()         # indices of sliding-window layers
+    rope_freq_base_swa: float = 0.0
+    post_norms: bool = False       # gemma's extra norms after attention and after the FFN
+
+    @classmethod
+    def from_gguf(cls, g: GGUFFile) -> "Config":
+        arch = g.get("general.architecture")
+        if arch not in SUPPORTED_ARCHS:
+            raise TinyLLMError(f"{g.path}: architecture {arch!r} is not supported "
+                               f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+
+        def kv(key, default=None):
+            v = g.get(f"{arch}.{key}", default)
+            if v is None:
+                raise TinyLLMError(f"{g.path}: missing metadata {arch}.{key}")
+            return v
+
+        def scalar(v):  # per-layer arrays (head_count_kv on some models): all equal here
+            if isinstance(v, np.ndarray):
+                if len(set(v.tolist())) > 1:
+                    raise TinyLLMError(f"{g.path}: per-layer head counts are not supported")
+                return int(v[0])
+            return int(v)
+
+        n_embd, n_head = int(kv("embedding_length")), scalar(kv("attention.head_count"))
+        head_dim = int(kv("attention.key_length", n_embd // n_head))
+        tokens = g.get("tokenizer.ggml.tokens")
+        n_vocab = int(g.get(f"{arch}.vocab_size", len(tokens) if tokens is not None else 0))
+        c = cls(
+            arch=arch, n_layer=int(kv("block_count")), n_embd=n_embd,
+            n_ff=scalar(kv("feed_forward_length")), n_head=n_head,
+            n_head_kv=scalar(kv("attention.head_count_kv", n_head)),
+            head_dim=head_dim, head_dim_v=int(kv("attention.value_length", head_dim)),
+            n_vocab=n_vocab, n_ctx_train=int(kv("context_length", 2048)),
+            norm_eps=float(kv("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_freq_base=float(kv("rope.freq_base", 10000.0)),
+            rope_dim=int(kv("rope.dimension_count", head_dim)),
+            rope_neox=arch != "llama",
+        )
+        if g.get(f"{arch}.rope.scaling.type") == "linear":
+            c.rope_freq_scale = 1.0 / float(kv("rope.scaling.factor", 1.0))
+        c.attn_scale = 1.0 / math.sqrt(c.head_dim)
+        if arch == "gemma3":
+            c.embed_scale = math.sqrt(n_embd)
+            c.ffn_act = "gelu_tanh"
+            c.post_norms = True
+            c.sliding_window = int(kv("attention.sliding_window", 0))
+            # Gemma 3 interleaves 5 local (sliding-window) layers with 1 global one;
+            # local layers use rope base 10k, global ones the long-context base from metadata.
+            pattern = int(g.get("gemma3.attention.sliding_window_pattern", 6))
+            c.swa_layers = tuple(i for i in range(c.n_layer) if (i + 1) % pattern != 0)
+            c.rope_freq_base_swa = 10000.0
+        return c
+
+    def layer_window(self, il: int) -> int | None:
+        return self.sliding_window if il in self.swa_layers else None
+
+
+@dataclass
+class Layer:
+    attn_norm: np.ndarray              # [E]
+    wq: QTensor                        # [H*D, E]
+    wk: QTensor                        # [Hkv*D, E]
+    wv: QTensor                        # [Hkv*Dv, E]
+    wo: QTensor                        # [E, H*Dv]
+    ffn_norm: np.ndarray               # [E]
+    w_gate: QTensor                    # [F, E]
+    w_up: QTensor                      # [F, E]
+    w_down: QTensor                    # [E, F]
+    bq: np.ndarray | None = None       # qwen2 biases
+    bk: np.ndarray | None = None
+    bv: np.ndarray | None = None
+    q_norm: np.ndarray | None = None   # [D] qwen3/gemma3: RMSNorm of each head's q and k
+    k_norm: np.ndarray | None = None
+    post_attn_norm: np.ndarray | None = None   # gemma3
+    post_ffn_norm: np.ndarray | None = None
+
+
+@dataclass
+class Weights:
+    token_embd: QTensor                # [V, E]
+    output_norm: np.ndarray            # [E]
+    output: QTensor                    # [V, E]; the same tensor as token_embd when tied
+    layers: list = field(default_factory=list)
+    rope_freqs: np.ndarray | None = None   # Llama 3 per-pair frequency divisors
+
+    @classmethod
+    def from_gguf(cls, g: GGUFFile, cfg: Config) -> "Weights":
+        def matrix(name):
+            if name not in g.tensors:
+                raise TinyLLMError(f"{g.path}: missing tensor {name}")
+            t = g.tensors[name]
+            return QTensor(g.raw(name), t.ggml_type, t.ne[0])
+
+        def vector(name, required=True):
+            if name not in g.tensors:
+                if required:
+                    raise TinyLLMError(f"{g.path}: missing tensor {name}")
+                return None
+            t = g.tensors[name]
+            if t.type_name == "F32":
+                return g.tensor(name)
+            return QTensor(g.raw(name), t.ggml_type, t.ne[0]).dequantize().reshape(-1)
+
+        token_embd = matrix("token_embd.weight")
+        w = cls(token_embd=token_embd, output_norm=vector("output_norm.weight"),
+                output=matrix("output.weight") if "output.weight" in g.tensors else token_embd,
+                rope_freqs=vector("rope_freqs.weight", required=False))
+        for i in range(cfg.n_layer):
+            p = f"blk.{i}."
+            w.layers.append(Layer(
+                attn_norm=vector(p + "attn_norm.weight"),
+                wq=matrix(p + "attn_q.weight"), wk=matrix(p + "attn_k.weight"),
+                wv=matrix(p + "attn_v.weight"), wo=matrix(p + "attn_output.weight"),
+                ffn_norm=vector(p + "ffn_norm.weight"),
+                w_gate=matrix(p + "ffn_gate.weight"), w_up=matrix(p + "ffn_up.weight"),
+                w_down=matrix(p + "ffn_down.weight"),
+                bq=vector(p + "attn_q.bias", False), bk=vector(p + "attn_k.bias", False),
+                bv=vector(p + "attn_v.bias", False),
+                q_norm=vector(p + "attn_q_norm.weight", False), k_norm=vector(p + "attn_k_norm.weight", False),
+                post_attn_norm=vector(p + "post_attention_norm.weight", False),
+                post_ffn_norm=vector(p + "post_ffw_norm.weight", False),
+            ))
+        return w
+
+
+class Model:
+    """Config + weights (memory-mapped) + KV cache: everything one conversation needs."""
+
+    def __init__(self, path: str, n_ctx: int | None = None, kv_type: str = "f16"):
+        self.gguf = GGUFFile(path)
+        self.path = path
+        self.cfg = Config.from_gguf(self.gguf)
+        self.weights = Weights.from_gguf(self.gguf, self.cfg)
+        # default 2048 cells, never more than the model was trained for
+        self.n_ctx = n_ctx = n_ctx or min(2048, self.cfg.n_ctx_train)
+        if n_ctx <= 0:
+            raise TinyLLMError(f"context length must be positive, got {n_ctx}")
+        self.cache = KVCache(self.cfg.n_layer, self.cfg.n_head_kv, self.cfg.head_dim,
+                             self.cfg.head_dim_v, n_ctx, kv_type)
+
+    def reset(self) -> None:
+        self.cache.truncate(0)
+
+    def forward(self, tokens, pos: int, all_logits: bool = False) -> np.ndarray:
+        return forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits)
+
+
+def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
+            all_logits: bool = False) -> np.ndarray:
+    """Run tokens (at positions pos..pos+T-1) through the model, filling the KV cache.
+
+    Returns logits [T, V] if all_logits else [V] for the last token.
+    """
+    T = len(tokens)
+    H, Hkv, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
+    positions = np.arange(pos, pos + T)
+    rope_global = rope_cache(positions, cfg.rope_dim, cfg.rope_freq_base, w.rope_freqs, cfg.rope_freq_scale)
+    rope_local = (rope_cache(positions, cfg.rope_dim, cfg.rope_freq_base_swa)
+                  if cfg.swa_layers else None)
+
+    x = w.token_embd.rows(tokens)                                      # [T, E]
+    if cfg.embed_scale != 1.0:
+        x *= np.float32(cfg.embed_scale)
+
+    for il, L in enumerate(w.layers):
+        window = cfg.layer_window(il)
+        cos, sin = rope_local if window else rope_global
+
+        # ---- attention: x += Wo . attention(rope(Wq h), rope(Wk h), Wv h),  h = norm(x)
+        h = rms_norm(x, L.attn_norm, cfg.norm_eps)                     # [T, E]
+        q = linear(h, L.wq)                                            # [T, H*D]
+        k = linear(h, L.wk)                                            # [T, Hkv*D]
+        v = linear(h, L.wv)                                            # [T, Hkv*Dv]
+        if L.bq is not None:
+            q, k, v = q + L.bq, k + L.bk, v + L.bv
+        q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, cfg.head_dim_v)
+        if L.q_norm is not None:
+            q = rms_norm(q, L.q_norm, cfg.norm_eps)                    # per head, over D
+            k = rms_norm(k, L.k_norm, cfg.norm_eps)
+        q = rope(q, cos, sin, cfg.rope_neox)
+        k = rope(k, cos, sin, cfg.rope_neox)
+        cache.store(il, pos, k, v)
+        n_kv = pos + T
+        a = attention(q, cache.keys(il, n_kv), cache.values(il, n_kv), pos, cfg.attn_scale, window)
+        a = linear(a.reshape(T, H * cfg.head_dim_v), L.wo)             # [T, E]
+        if L.post_attn_norm is not None:
+            a = rms_norm(a, L.post_attn_norm, cfg.norm_eps)
+        x = x + a
+
+        # ---- feed-forward: x += W_down (act(W_gate h) * W_up h),  h = norm(x)
+        h = rms_norm(x, L.ffn_norm, cfg.norm_eps)
+        gate = linear(h, L.w_gate)                                     # [T, F]
+        up = linear(h, L.w_up)                                         # [T, F]
+        act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
+        f = linear(act * up, L.w_down)                                 # [T, E]
+        if L.post_ffn_norm is not None:
+            f = rms_norm(f, L.post_ffn_norm, cfg.norm_eps)
+        x = x + f
+
+    x = x if all_logits else x[-1:]
+    x = rms_norm(x, w.output_norm, cfg.norm_eps)
+    logits = linear(x, w.output)                                       # [T or 1, V]
+    return logits if all_logits else logits[0]

@@ -1,0 +1,224 @@
+"""Activation rounding: what llama.cpp does to x before a quantized dot product.
+
+llama.cpp never multiplies quantized weights by float activations directly.  Each
+weight type names a "vec_dot type" that x is first converted to, so the inner
+loop is an integer dot product per block:
+
+    weights                      activations   per block of x
+    Q4_0 Q5_0 Q8_0 IQ4_NL        Q8_0          d f16 | q[32] int8           x ~ d*q
+    Q4_1 Q5_1                    Q8_1          d f16 | s f16 | q[32] int8   s = d*sum(q)
+    Q2_K..Q6_K IQ4_XS            Q8_K          d f32 | q[256] int8 | bsums[16] int16 (sums of 16 q)
+    F16 / BF16                   F16 / BF16    x rounded to half / bfloat16
+    F32                          F32           unchanged
+
+Matching this keeps our logits within float noise of llama.cpp's.  Here the
+quantized x is kept unpacked, as float32 arrays of small integers (exact), so
+kernels can multiply without converting them again for every weight row.
+
+Rounding modes follow llama.cpp's reference code: Q8_0/Q8_1 use C roundf (ties
+away from zero) with scale amax/127; Q8_K uses round-half-even with scale
+max/-127 (the largest-magnitude value maps to exactly -127, the other side may
+reach +128 and is clipped to 127).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..jit import njit
+
+QK = 32     # block of Q8_0 / Q8_1
+QK_K = 256  # super-block of Q8_K and the k-quants
+
+
+# ---- numpy versions: x (T, n) float32 ---------------------------------------------------------
+def round_away_np(v: np.ndarray) -> np.ndarray:
+    """C roundf: nearest integer, ties away from zero (np.round rounds ties to even)."""
+    t = np.trunc(v)
+    return t + np.where(np.abs(v - t) >= 0.5, np.sign(v), 0).astype(v.dtype)
+
+
+def to_f16_np(v: np.ndarray) -> np.ndarray:
+    return v.astype(np.float16).astype(np.float32)
+
+
+def to_bf16_np(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest even on the bit pattern) -> float32."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    r = ((u.astype(np.uint64) + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32) << 16
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = np.where(nan, (u & 0xFFFF0000) | 0x00400000, r).astype(np.uint32)
+    return r.view(np.float32)
+
+
+def quantize_q8_0_np(x: np.ndarray):
+    """x (T, n) -> q (T, n/32, 32) float32 integers in [-127, 127], d (T, n/32) f16-rounded."""
+    xb = x.reshape(x.shape[0], -1, QK).astype(np.float32)
+    d = np.abs(xb).max(axis=-1) / np.float32(127)
+    inv_d = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    q = round_away_np(xb * inv_d[..., None])
+    return q, to_f16_np(d)
+
+
+def quantize_q8_1_np(x: np.ndarray):
+    """Q8_0 plus s = d * sum(q) per block (f16), used to fold in Q4_1/Q5_1's offset m."""
+    xb = x.reshape(x.shape[0], -1, QK).astype(np.float32)
+    d = np.abs(xb).max(axis=-1) / np.float32(127)
+    inv_d = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    q = round_away_np(xb * inv_d[..., None])
+    s = q.sum(axis=-1) * d
+    return q, to_f16_np(d), to_f16_np(s)
+
+
+def quantize_q8_K_np(x: np.ndarray):
+    """x (T, n) -> q (T, n/256, 256) float32 integers, d (T, n/256) float32, bsums (T, n/256, 16)."""
+    xb = x.reshape(x.shape[0], -1, QK_K).astype(np.float32)
+    imax = np.abs(xb).argmax(axis=-1)[..., None]          # first largest |x|, as llama.cpp's loop
+    vmax = np.take_along_axis(xb, imax, axis=-1)[..., 0]
+    nonzero = vmax != 0
+    iscale = np.divide(np.float32(-127), vmax, out=np.zeros_like(vmax), where=nonzero)
+    q = np.minimum(np.float32(127), np.rint(xb * iscale[..., None]))
+    d = np.divide(np.float32(1), iscale, out=np.zeros_like(iscale), where=nonzero)
+    bsums = q.reshape(*q.shape[:-1], 16, 16).sum(axis=-1)
+    return q, d, bsums
+
+
+# ---- numba versions: one row x (n,) -> fresh arrays ------------------------------------------
+@njit(inline="always")
+def round_away(v):
+    t = np.float32(math.trunc(v))
+    if abs(v - t) >= 0.5:
+        t += np.float32(1.0) if v > 0 else np.float32(-1.0)
+    return t
+
+
+@njit(inline="always")
+def round_to_f16(v):
+    """The float32 nearest to v that is exactly representable as an IEEE half
+    (ties to even, overflow to inf): what storing v in an f16 field does."""
+    if v == 0 or not math.isfinite(v):
+        return np.float32(v)
+    _, e = math.frexp(v)                  # |v| in [2^(e-1), 2^e)
+    q = max(e - 11, -24)                  # weight of the last kept bit: 11 significant bits,
+    r = np.rint(math.ldexp(v, -q))        # or the subnormal step 2^-24
+    r = math.ldexp(r, q)
+    if abs(r) > 65504.0:
+        return np.float32(math.copysign(math.inf, v))
+    return np.float32(r)
+
+
+@njit
+def quantize_q8_0(x, xq, xd):
+    """Fill xq (n,) with the Q8_0 integers of x and xd (n/32,) with the f16-rounded scales."""
+    for b in range(x.shape[0] // QK):
+        amax = np.float32(0.0)
+        for k in range(QK):
+            amax = max(amax, abs(x[b * QK + k]))
+        d = amax / np.float32(127.0)
+        inv_d = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        for k in range(QK):
+            xq[b * QK + k] = round_away(x[b * QK + k] * inv_d)
+        xd[b] = round_to_f16(d)
+
+
+@njit
+def quantize_q8_1(x, xq, xd, xs):
+    """Q8_0 plus xs[b] = f16(d * sum(q))."""
+    for b in range(x.shape[0] // QK):
+        amax = np.float32(0.0)
+        for k in range(QK):
+            amax = max(amax, abs(x[b * QK + k]))
+        d = amax / np.float32(127.0)
+        inv_d = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        total = 0
+        for k in range(QK):
+            q = round_away(x[b * QK + k] * inv_d)
+            xq[b * QK + k] = q
+            total += int(q)
+        xd[b] = round_to_f16(d)
+        xs[b] = round_to_f16(np.float32(total) * d)
+
+
+@njit
+def quantize_q8_K(x, xq, xd, xbsum):
+    """Q8_K: xq (n,), xd (n/256,) float32, xbsum (n/16,) sums of each 16 consecutive q."""
+    for b in range(x.shape[0] // QK_K):
+        amax = np.float32(0.0)
+        vmax = np.float32(0.0)
+        for k in range(QK_K):
+            a = abs(x[b * QK_K + k])
+            if a > amax:
+                amax = a
+                vmax = x[b * QK_K + k]
+        if amax == 0:
+            xd[b] = 0.0
+            for k in range(QK_K):
+                xq[b * QK_K + k] = 0.0
+            for j in range(16):
+                xbsum[b * 16 + j] = 0.0
+            continue
+        iscale = np.float32(-127.0) / vmax
+        for j in range(16):
+            s = np.float32(0.0)
+            for k in range(16):
+                i = b * QK_K + j * 16 + k
+                q = min(np.float32(127.0), np.float32(np.rint(iscale * x[i])))
+                xq[i] = q
+                s += q
+            xbsum[b * 16 + j] = s
+        xd[b] = np.float32(1.0) / iscale
+
+
+# ---- numpy linear for each activation type (fallback path and test oracle) -------------------
+# unpack(raw rows) returns the weights as integers (float32) plus their per-block scale terms;
+# the integer dot products are formed with float32 matmul, exact since |sum| < 2^24.
+
+def linear_q8_0_act(unpack, raw, x, chunks):
+    """y[t, r] = sum_b (d_w[r,b] d_x[t,b]) * sum_k q_w[r,b,k] q_x[t,b,k]."""
+    qx, dx = quantize_q8_0_np(x)                       # (T, nb, 32), (T, nb)
+    out = np.empty((x.shape[0], raw.shape[0]), np.float32)
+    for r0, r1 in chunks:
+        qw, dw = unpack(raw[r0:r1])                    # (R, nb, 32), (R, nb)
+        isum = np.matmul(qw.transpose(1, 0, 2), qx.transpose(1, 2, 0))   # (nb, R, T)
+        scale = dw.T[:, :, None] * dx.T[:, None, :]   # (nb, R, T)
+        out[:, r0:r1] = (scale * isum).sum(axis=0).T
+    return out
+
+
+def linear_q8_1_act(unpack, raw, x, chunks):
+    """Weights d*q + m: y = sum_b d_w d_x isum + m_w s_x   (s_x = d_x * sum q_x)."""
+    qx, dx, sx = quantize_q8_1_np(x)
+    out = np.empty((x.shape[0], raw.shape[0]), np.float32)
+    for r0, r1 in chunks:
+        qw, dw, mw = unpack(raw[r0:r1])
+        isum = np.matmul(qw.transpose(1, 0, 2), qx.transpose(1, 2, 0))
+        y = (dw.T[:, :, None] * dx.T[:, None, :] * isum).sum(axis=0)
+        y += mw @ sx.T
+        out[:, r0:r1] = y.T
+    return out
+
+
+def linear_q8_K_act(unpack, raw, x, chunks):
+    """k-quants: a super-block of 256 has sub-blocks j of L weights with integer scale sc_j
+    and, for the "d*sc*q - dmin*m" types, an integer min m_j:
+        y = sum_B d_x d_w sum_j sc_j isum_j  -  d_x dmin_w sum_j m_j bsum_j
+    unpack -> q (R, nB, nj, L), sc (R, nB, nj), d (R, nB), m or None, dmin or None."""
+    qx, dx, bsums = quantize_q8_K_np(x)                # (T, nB, 256), (T, nB), (T, nB, 16)
+    out = np.empty((x.shape[0], raw.shape[0]), np.float32)
+    for r0, r1 in chunks:
+        qw, sc, dw, mw, dmin = unpack(raw[r0:r1])
+        R, nB, nj, L = qw.shape
+        qxj = qx.reshape(qx.shape[0], nB * nj, L)
+        isum = np.matmul(qw.reshape(R, nB * nj, L).transpose(1, 0, 2),
+                         qxj.transpose(1, 2, 0))       # (nB*nj, R, T)
+        isum = isum.reshape(nB, nj, R, -1).astype(np.float64)
+        sumi = np.einsum("rbj,bjrt->brt", sc.astype(np.float64), isum)
+        y = (dw.T[:, :, None].astype(np.float64) * dx.T[:, None, :] * sumi).sum(axis=0)
+        if mw is not None:
+            bs = bsums.reshape(bsums.shape[0], nB, nj, -1).sum(axis=-1)   # sums over L
+            summ = np.einsum("rbj,tbj->brt", mw.astype(np.float64), bs)
+            y -= (dmin.T[:, :, None].astype(np.float64) * dx.T[:, None, :] * summ).sum(axis=0)
+        out[:, r0:r1] = y.T
+    return out
