@@ -315,6 +315,21 @@ def eval_lowlevel(llm, ids):
     return out
 
 
+def eval_tokenwise(llm, ids):
+    """Decode ids one token per llama_decode call; return the last logits."""
+    llm.reset()
+    for t in ids:
+        llm.eval([t])
+    return last_logits(llm)
+
+
+def kl(p_logits, q_logits):
+    """KL(softmax(p) || softmax(q)) in float64."""
+    lp = log_softmax_rows(p_logits[None])[0]
+    lq = log_softmax_rows(q_logits[None])[0]
+    return float(np.sum(np.exp(lp) * (lp - lq)))
+
+
 def logsumexp(row):
     row = row.astype(np.float64)
     m = row.max()
@@ -382,7 +397,8 @@ def make_logits_and_greedy(name, spec, f32_path):
                 meta["prompts"].append({"name": p["name"], "text": p["text"], "ids": ids})
                 greedy_out["prompts"].append({"name": p["name"], "text": p["text"], "ids": ids})
         rows, lses, argmaxes = [], [], []
-        checks = {"lowlevel_vs_highlevel_max_abs": 0.0, "logits_all_vs_last_only_max_abs": 0.0}
+        checks = {"lowlevel_vs_highlevel_max_abs": 0.0, "logits_all_vs_last_only_max_abs": 0.0,
+                  "tokenwise_vs_batch_max_abs": [], "tokenwise_vs_batch_kl": []}
         for i, p in enumerate(meta["prompts"]):
             ids = p["ids"]
             row = eval_fresh(llm, ids)
@@ -392,6 +408,11 @@ def make_logits_and_greedy(name, spec, f32_path):
                 checks["lowlevel_vs_highlevel_max_abs"], float(np.abs(row - low).max()))
             checks["logits_all_vs_last_only_max_abs"] = max(
                 checks["logits_all_vs_last_only_max_abs"], float(np.abs(row - all_row).max()))
+            # llama.cpp's own noise floor: the same prompt fed one token per
+            # decode (the path generation takes) instead of as one batch.
+            tokenwise = eval_tokenwise(llm, ids)
+            checks["tokenwise_vs_batch_max_abs"].append(float(np.abs(row - tokenwise).max()))
+            checks["tokenwise_vs_batch_kl"].append(kl(row, tokenwise))
             rows.append(row)
             lses.append(logsumexp(row))
             argmaxes.append(int(np.argmax(row)))
@@ -407,6 +428,7 @@ def make_logits_and_greedy(name, spec, f32_path):
             g[f"text_{kind}"] = llm.detokenize(toks).decode("utf-8", errors="replace")
             g[f"batched_argmax_agrees_{kind}"] = batch_argmax == toks
             g[f"batched_vs_incremental_max_abs_{kind}"] = float(np.abs(batched - np.array(steps)).max())
+            g[f"batched_vs_incremental_max_kl_{kind}"] = max(kl(b, s) for b, s in zip(batched, steps))
         meta["checks"][kind] = checks
         store_rows(npz, meta, kind, np.array(rows, dtype=np.float32), lses, argmaxes, spec["logits_format"])
         del llm, llm_all
@@ -491,21 +513,21 @@ def perplexity(path, tokens, ctx, add_bos, bos_id):
         nlls.append(window_nll(llm, window))
     n_scored = n_windows * (ctx - 1)
     ppl = float(np.exp(sum(nlls) / n_scored))
-    # Batching sensitivity: window 0 again with 64-token batches (different
-    # matmul shapes inside llama.cpp -> different float rounding).
-    llm64 = load(path, n_ctx=ctx, logits_all=True, n_batch=64, n_ubatch=64)
+    # llama.cpp's own noise floor: window 0 again, one token per decode
+    # (single-row kernels instead of batched ones -> different rounding).
+    llm1 = load(path, n_ctx=ctx, logits_all=True, n_batch=1, n_ubatch=1)
     w0 = list(tokens[:ctx])
     if add_bos:
         w0[0] = bos_id
-    nll0_b64 = window_nll(llm64, w0)
-    del llm, llm64
+    nll0_tokenwise = window_nll(llm1, w0)
+    del llm, llm1
     return {
         "ctx": ctx,
         "n_windows": n_windows,
         "n_scored": n_scored,
         "ppl": ppl,
         "nll_per_window": nlls,
-        "window0_nll_with_n_batch_64": nll0_b64,
+        "window0_nll_tokenwise": nll0_tokenwise,
     }
 
 

@@ -5,34 +5,267 @@
 Grouped-query attention (Ainslie et al. 2023): n_head query heads share n_head_kv
 key/value heads, consecutive query heads sharing one KV head (as ggml broadcasts).
 The mask is causal (query at position p sees keys 0..p) and, for sliding-window
-layers, also hides keys older than `window` positions.
+layers, also hides keys older than `window` positions (p - window + 1..p stay).
+
+Two ways to compute the same thing:
+
+  classic   materialises the scores S = Q K^T, [n_head, n_query, n_kv] floats, softmaxes
+            them row by row and multiplies by V.  Simple; memory grows with the context.
+  flash     walks the keys in tiles of TILE cells and keeps, per query row, only a
+            running max m, a running sum l and an output accumulator O (Milakov &
+            Gimelshein 2018, "online softmax"; Dao et al. 2022, FlashAttention).  Nothing
+            of size n_kv is ever stored, and a quantized cache is dequantized one tile
+            at a time.
+
+The tile loop, for one query row q and keys/values of one tile:
+
+    S     = q K_tile^T * scale                       scores of this tile
+    m_new = max(m, rowmax(S))                        the largest score so far
+    P     = exp(S - m_new)                           this tile's softmax numerators
+    l     = l * exp(m - m_new) + rowsum(P)           old sum, rescaled to the new max
+    O     = O * exp(m - m_new) + P V_tile            old output, rescaled likewise
+    m     = m_new
+  and after the last tile:  out = O / l.
+
+The flash kernel is numba; flash_attention_np is the same algorithm in numpy (the
+reference for tests and readers, and the path without numba).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .jit import FASTMATH, HAVE_NUMBA, get_threads, njit, prange
+from .kvcache import KVView, dequantize_row
 from .ops import softmax
 
+TILE = 32          # KV cells per tile: K and V tiles of 32 x head_dim floats stay in L1
+BLOCK_Q = 16       # query rows a prefill work item takes: each K/V tile is dequantized once for them
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, scale: float,
-              window: int | None = None, softcap: float | None = None) -> np.ndarray:
-    """q [T, n_head, Dk] for positions pos..pos+T-1; k [n_kv, n_head_kv, Dk], v [n_kv, n_head_kv, Dv]
-    -> [T, n_head, Dv].   The "classic" path: materialises scores [n_head, T, n_kv]."""
+
+def attention(q: np.ndarray, kv: KVView, pos: int, scale: float, window: int | None = None,
+              flash: bool = True) -> np.ndarray:
+    """q [T, n_head, Dk] for positions pos..pos+T-1 over the cached keys/values of one layer
+    (kv.n_kv == pos + T) -> [T, n_head, Dv]."""
+    window = int(window or 0)
+    if not flash:
+        return attention_classic(q, kv, pos, scale, window)
+    if HAVE_NUMBA:
+        return flash_attention(q, kv, pos, scale, window)
+    return flash_attention_np(q, kv, pos, scale, window)
+
+
+def visible_mask(q_pos: np.ndarray, k_pos: np.ndarray, window: int) -> np.ndarray:
+    """[T, n]: key position k_pos is visible from query position q_pos."""
+    visible = k_pos[None, :] <= q_pos[:, None]
+    if window:
+        visible &= k_pos[None, :] > q_pos[:, None] - window
+    return visible
+
+
+# ---- classic ----------------------------------------------------------------------------------
+def attention_classic(q: np.ndarray, kv: KVView, pos: int, scale: float, window: int = 0) -> np.ndarray:
+    """Materialises scores [n_head, T, n_kv]; the whole cache is dequantized first."""
     T, n_head, _ = q.shape
-    n_kv, n_head_kv, dv = v.shape
+    k, v = kv.keys(), kv.values()                                      # [n, Hkv, Dk], [n, Hkv, Dv]
+    n, n_head_kv, dv = v.shape
     group = n_head // n_head_kv
     qg = q.reshape(T, n_head_kv, group, -1).transpose(1, 2, 0, 3)     # [Hkv, group, T, Dk]
-    kf = k.astype(np.float32, copy=False).transpose(1, 2, 0)           # [Hkv, Dk, n_kv]
-    vf = v.astype(np.float32, copy=False).transpose(1, 0, 2)           # [Hkv, n_kv, Dv]
-    scores = (qg @ kf[:, None]) * np.float32(scale)                    # [Hkv, group, T, n_kv]
-    if softcap:
-        scores = softcap * np.tanh(scores / softcap)
-    q_pos = pos + np.arange(T)[:, None]                                # [T, 1]
-    k_pos = np.arange(n_kv)[None, :]                                   # [1, n_kv]
-    visible = k_pos <= q_pos
-    if window is not None:
-        visible &= k_pos > q_pos - window
+    kt = k.transpose(1, 2, 0)                                          # [Hkv, Dk, n]
+    vt = v.transpose(1, 0, 2)                                          # [Hkv, n, Dv]
+    scores = (qg @ kt[:, None]) * np.float32(scale)                    # [Hkv, group, T, n]
+    visible = visible_mask(pos + np.arange(T), kv.first + np.arange(n), window)
     scores = np.where(visible, scores, -np.inf)
-    out = softmax(scores) @ vf[:, None]                                # [Hkv, group, T, Dv]
+    out = softmax(scores) @ vt[:, None]                                # [Hkv, group, T, Dv]
     return out.transpose(2, 0, 1, 3).reshape(T, n_head, dv)
+
+
+# ---- flash: numpy reference -------------------------------------------------------------------
+def flash_attention_np(q: np.ndarray, kv: KVView, pos: int, scale: float, window: int = 0,
+                       tile: int = TILE) -> np.ndarray:
+    """The tile loop above, for all heads and query rows at once."""
+    T, n_head, dk = q.shape
+    n_head_kv = kv.n_head_kv
+    group = n_head // n_head_kv
+    qg = q.reshape(T, n_head_kv, group, dk).transpose(1, 2, 0, 3)     # [Hkv, group, T, Dk]
+    q_pos = pos + np.arange(T)
+    lo = max(kv.first, pos - window + 1) if window else kv.first      # oldest key any row sees
+
+    m = np.full((n_head_kv, group, T), -np.inf, np.float32)           # running max
+    l = np.zeros((n_head_kv, group, T), np.float32)                   # running sum
+    o = None                                                           # [Hkv, group, T, Dv]
+    for c0 in range(lo, kv.n_kv, tile):
+        k_pos = np.arange(c0, min(c0 + tile, kv.n_kv))
+        k_t = kv.keys(k_pos).transpose(1, 2, 0)                        # [Hkv, Dk, n]
+        v_t = kv.values(k_pos).transpose(1, 0, 2)                      # [Hkv, n, Dv]
+        # S = Q K^T * scale, masked              [Hkv, group, T, n]
+        s = (qg @ k_t[:, None]) * np.float32(scale)
+        s = np.where(visible_mask(q_pos, k_pos, window), s, -np.inf)
+        # m_new = max(m, rowmax(S)); rows that see nothing yet keep -inf, and use 0 as the
+        # reference so that exp(-inf - -inf) never happens
+        m_new = np.maximum(m, s.max(axis=-1))
+        m_ref = np.where(m_new == -np.inf, np.float32(0), m_new)
+        # P = exp(S - m_new);   alpha = exp(m - m_new)
+        p = np.exp(s - m_ref[..., None])
+        alpha = np.exp(m - m_ref)
+        # l = l * alpha + rowsum(P);   O = O * alpha + P V
+        l = l * alpha + p.sum(axis=-1)
+        pv = p @ v_t[:, None]
+        o = pv if o is None else o * alpha[..., None] + pv
+        m = m_new
+    out = o / l[..., None]                                             # out = O / l
+    return out.transpose(2, 0, 1, 3).reshape(T, n_head, -1)
+
+
+# ---- flash: numba -----------------------------------------------------------------------------
+@njit(fastmath=FASTMATH)
+def dot(a, b):
+    s = np.float32(0)
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
+@njit(fastmath=FASTMATH)
+def load_tile(raw, g, c0, n, fmt, out):
+    """out[i] = row of KV head g at position c0 + i (cell (c0 + i) % n_cells), as float32."""
+    n_cells = raw.shape[0]
+    for i in range(n):
+        dequantize_row(raw[(c0 + i) % n_cells, g], fmt, out[i])
+
+
+@njit(fastmath=FASTMATH)
+def online_softmax_step(q, k, v, scale, m, l, o, s):
+    """Fold one tile into one query row.  q [Dk]; k [n, Dk], v [n, Dv]: the tile's visible
+    keys and values; m, l: running max and sum; o [Dv]: output accumulator (updated in
+    place); s [>= n]: scratch.  Returns the new (m, l)."""
+    n = k.shape[0]
+    # S = q K^T * scale;   m_new = max(m, rowmax(S))
+    m_new = m
+    for i in range(n):
+        s[i] = dot(q, k[i]) * scale
+        m_new = max(m_new, s[i])
+    # alpha = exp(m - m_new): what was summed under the old max, rescaled (0 on the first tile)
+    alpha = np.exp(m - m_new)
+    # P = exp(S - m_new);   l = l * alpha + rowsum(P)
+    l = l * alpha
+    for i in range(n):
+        s[i] = np.exp(s[i] - m_new)
+        l += s[i]
+    # O = O * alpha + P V
+    for d in range(o.shape[0]):
+        o[d] *= alpha
+    for i in range(n):
+        p = s[i]
+        for d in range(o.shape[0]):
+            o[d] += p * v[i, d]
+    return m_new, l
+
+
+@njit(fastmath=FASTMATH)
+def attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, scale, window, m, l, o):
+    """Query rows t0..t1-1, all query heads of KV head g, against cells c_lo..c_hi-1.
+    Leaves the unnormalised state in m [T, H], l [T, H], o [T, H, Dv]: splits of the
+    KV range are merged later (merge_splits)."""
+    n_head = q.shape[1]
+    group = n_head // k_raw.shape[1]
+    h0 = g * group
+    k = np.empty((TILE, q.shape[2]), np.float32)
+    v = np.empty((TILE, o.shape[2]), np.float32)
+    s = np.empty(TILE, np.float32)
+    for t in range(t0, t1):
+        for h in range(h0, h0 + group):
+            m[t, h], l[t, h] = -np.inf, 0.0
+            o[t, h, :] = 0.0
+    for c0 in range(c_lo, c_hi, TILE):
+        n = min(TILE, c_hi - c0)
+        load_tile(k_raw, g, c0, n, k_fmt, k)       # one dequantized tile serves every row and
+        load_tile(v_raw, g, c0, n, v_fmt, v)       # every head of the group
+        for t in range(t0, t1):
+            q_pos = pos + t
+            a = max(c0, q_pos - window + 1) if window > 0 else c0      # visible cells of this
+            b = min(c0 + n, q_pos + 1)                                 # tile for row t: a..b-1
+            if a >= b:
+                continue
+            for h in range(h0, h0 + group):
+                m[t, h], l[t, h] = online_softmax_step(q[t, h], k[a - c0:b - c0], v[a - c0:b - c0],
+                                                       scale, m[t, h], l[t, h], o[t, h], s)
+
+
+@njit(fastmath=FASTMATH)
+def merge_splits(m, l, o, out):
+    """Combine the states of one query row from KV splits s:  M = max_s m_s,
+    out = sum_s O_s exp(m_s - M) / sum_s l_s exp(m_s - M).  m, l [n_split]; o [n_split, Dv]."""
+    mx = m[0]
+    for s in range(1, m.shape[0]):
+        mx = max(mx, m[s])
+    out[:] = 0.0
+    total = np.float32(0)
+    for s in range(m.shape[0]):
+        w = np.exp(m[s] - mx) if m[s] > -np.inf else np.float32(0)
+        total += l[s] * w
+        for d in range(out.shape[0]):
+            out[d] += o[s, d] * w
+    for d in range(out.shape[0]):
+        out[d] /= total
+
+
+@njit(inline="always")
+def split_range(first, pos, t0, t1, window, s, n_split):
+    """Cells split s of n_split covers for query rows t0..t1-1: the rows together see
+    max(first, pos+t0-window+1) .. pos+t1-1; splits are whole tiles."""
+    lo = max(first, pos + t0 - window + 1) if window > 0 else first
+    hi = pos + t1
+    n_tiles = (hi - lo + TILE - 1) // TILE
+    per = (n_tiles + n_split - 1) // n_split
+    return min(hi, lo + s * per * TILE), min(hi, lo + (s + 1) * per * TILE)
+
+
+@njit(parallel=True)
+def flash_kernel(q, k_raw, v_raw, k_fmt, v_fmt, first, pos, scale, window, n_split, out):
+    """out [T, H, Dv].  Work items: (KV head, block of BLOCK_Q query rows, KV split)."""
+    T, n_head = q.shape[0], q.shape[1]
+    n_head_kv = k_raw.shape[1]
+    dv = out.shape[2]
+    n_qb = (T + BLOCK_Q - 1) // BLOCK_Q
+    m = np.empty((n_split, T, n_head), np.float32)
+    l = np.empty((n_split, T, n_head), np.float32)
+    o = np.empty((n_split, T, n_head, dv), np.float32)
+    sc = np.float32(scale)
+    for item in prange(n_head_kv * n_qb * n_split):
+        g, qb, s = item // (n_qb * n_split), (item // n_split) % n_qb, item % n_split
+        t0 = qb * BLOCK_Q
+        t1 = min(T, t0 + BLOCK_Q)
+        c_lo, c_hi = split_range(first, pos, t0, t1, window, s, n_split)
+        attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, sc, window,
+                     m[s], l[s], o[s])
+    for th in prange(T * n_head):
+        t, h = th // n_head, th % n_head
+        merge_splits(m[:, t, h], l[:, t, h], o[:, t, h], out[t, h])
+
+
+def n_splits(T: int, n_head_kv: int, n_visible: int) -> int:
+    """Decode has only n_head_kv work items, fewer than the cores when n_head_kv is 1-3:
+    split the KV range too (Flash-Decoding), but keep each split at least 4 tiles long."""
+    items = n_head_kv * -(-T // BLOCK_Q)
+    want = 4 * get_threads()
+    if items >= want:
+        return 1
+    return max(1, min(-(-want // items), n_visible // (4 * TILE)))
+
+
+def flash_attention(q: np.ndarray, kv: KVView, pos: int, scale: float, window: int = 0) -> np.ndarray:
+    """numba flash attention: q [T, H, Dk] -> [T, H, Dv]."""
+    T, n_head, _ = q.shape
+    n_head_kv = kv.n_head_kv
+    n_visible = min(kv.n_kv - kv.first, window + T - 1 if window else kv.n_kv)
+    out = np.empty((T, n_head, kv.head_dim_v), np.float32)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    flash_kernel(q, kv.k, kv.v, kv.fmt, kv.fmt, kv.first, pos, float(scale), window,
+                 n_splits(T, n_head_kv, n_visible), out)
+    return out
+
+
+def kernels() -> list:
+    """The numba dispatchers of this module (for jit's warm-cache check)."""
+    return [flash_kernel] if HAVE_NUMBA else []

@@ -123,7 +123,8 @@ def cmd_tokenize(args):
     from .registry import resolve
     from .tokenizer import Tokenizer
     tok = Tokenizer.from_gguf(GGUFFile(resolve(args.model)))
-    print(json.dumps(tok.encode(args.text, add_bos=args.bos, parse_special=args.special)))
+    # no BOS unless --bos: the ids of the text itself
+    print(json.dumps(tok.encode(args.text, add_bos=bool(args.bos), parse_special=args.special)))
 
 
 def cmd_perplexity(args):

@@ -30,7 +30,7 @@ else:
 
 # fastmath without nnan/ninf: lets LLVM reassociate sums into SIMD lanes and fuse
 # multiply-adds, but keeps inf/nan semantics so a broken scale still shows up as nan.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 if HAVE_NUMBA:
     prange = numba.prange

@@ -3,75 +3,466 @@
 Attention at position p needs K and V of positions 0..p.  Recomputing them
 each step would cost a full forward pass per token, so we keep them:
 
-    k[layer]: [n_cells, n_head_kv, head_dim_k]     one row ("cell") per position
-    v[layer]: [n_cells, n_head_kv, head_dim_v]
+    k[layer]: [n_cells, n_head_kv, k_row_bytes]     one row ("cell") per position and KV head
+    v[layer]: [n_cells, n_head_kv, v_row_bytes]
+
+Storage types (`kv_type`), in ggml's byte layout:
+
+    f32    4 bytes per element
+    f16    2 bytes per element (round to nearest even)
+    q8_0   blocks of 32: d f16 | qs[32] int8                       x = d * qs        34 bytes
+    q4_0   blocks of 32: d f16 | qs[16] (x[j] low, x[j+16] high)    x = d * (q - 8)   18 bytes
+
+Quantized rows are made on store (round to nearest, as ggml's reference
+quantizers) and dequantized a tile at a time inside attention.  Quantizing a
+KV head needs head_dim to be a multiple of 32.
 
 Memory grows in chunks of `chunk` cells as the conversation grows, up to n_ctx
-(llama.cpp reserves all n_ctx cells up front).  Bytes per cell per layer:
-n_head_kv * (head_dim_k + head_dim_v) * bytes_per_element.
+(llama.cpp reserves all n_ctx cells up front).
+
+Sliding-window layers (Gemma 3: window 512) only ever look at the last
+`window` positions, so they keep a ring buffer: position p lives in cell
+p % n_cells, and the ring never grows past window + n_batch cells (room for the
+window before a batch plus the batch itself), however long the conversation.
+Full layers use the same rule with n_cells >= positions stored, so p % n_cells = p.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from .errors import TinyLLMError
+from .jit import FASTMATH, HAVE_NUMBA, njit
 
-KV_DTYPES = {"f32": np.float32, "f16": np.float16}
+QK = 32                                  # elements per block of q8_0 and q4_0
+
+
+@dataclass(frozen=True)
+class KVFormat:
+    name: str
+    code: int                            # what the numba kernels branch on
+    block_size: int                      # elements per block
+    type_size: int                       # bytes per block
+
+    def row_bytes(self, n: int) -> int:
+        return n // self.block_size * self.type_size
+
+
+F32, F16, Q8_0, Q4_0 = 0, 1, 2, 3
+KV_FORMATS = {
+    "f32": KVFormat("f32", F32, 1, 4),
+    "f16": KVFormat("f16", F16, 1, 2),
+    "q8_0": KVFormat("q8_0", Q8_0, QK, 2 + QK),
+    "q4_0": KVFormat("q4_0", Q4_0, QK, 2 + QK // 2),
+}
+KV_TYPES = tuple(KV_FORMATS)
+
+
+def kv_format(kv_type: str) -> KVFormat:
+    if kv_type not in KV_FORMATS:
+        raise TinyLLMError(f"KV cache type {kv_type!r} not supported (supported: {', '.join(KV_TYPES)})")
+    return KV_FORMATS[kv_type]
+
+
+# ---- numpy: quantize and dequantize rows (the reference, and the no-numba path) -------------
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """C's roundf: halves round away from zero (np.round rounds them to even).
+    a - floor(a) is exact for |a| < 2^23, so the comparison with 0.5 is too."""
+    a = np.abs(x)
+    f = np.floor(a)
+    return np.copysign(f + (a - f >= 0.5), x)
+
+
+def quantize_q8_0_np(x: np.ndarray) -> np.ndarray:
+    """float32 (n_blocks, 32) -> (n_blocks, 34):  d = max|x| / 127,  q = round(x / d)."""
+    d = np.abs(x).max(axis=1) / np.float32(127)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    q = round_half_away(x * inv[:, None]).astype(np.int8)
+    return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), q.view(np.uint8)], axis=1)
+
+
+def quantize_q4_0_np(x: np.ndarray) -> np.ndarray:
+    """float32 (n_blocks, 32) -> (n_blocks, 18):  d = -m / 8 where m is the element of
+    largest magnitude (so m itself maps to q = 0, the 16 levels being -8..7),
+    q = min(15, trunc(x / d + 8.5))."""
+    m = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)[:, 0]
+    d = m / np.float32(-8)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    q = np.minimum(15, (x * inv[:, None] + np.float32(8.5)).astype(np.int8)).astype(np.uint8)
+    qs = q[:, :QK // 2] | (q[:, QK // 2:] << 4)
+    return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), qs], axis=1)
+
+
+def dequantize_q8_0_np(b: np.ndarray) -> np.ndarray:
+    """(n_blocks, 34) -> float32 (n_blocks, 32)"""
+    d = b[:, :2].copy().view(np.float16).astype(np.float32)           # (n_blocks, 1)
+    return b[:, 2:].view(np.int8).astype(np.float32) * d
+
+
+def dequantize_q4_0_np(b: np.ndarray) -> np.ndarray:
+    """(n_blocks, 18) -> float32 (n_blocks, 32)"""
+    d = b[:, :2].copy().view(np.float16).astype(np.float32)
+    qs = b[:, 2:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - np.float32(8)
+    return q * d
+
+
+def quantize_rows_np(x: np.ndarray, kv_type: str) -> np.ndarray:
+    """float32 (..., n) -> uint8 (..., row_bytes) in kv_type's layout."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if kv_type == "f32":
+        return x.view(np.uint8)
+    if kv_type == "f16":
+        return x.astype(np.float16).view(np.uint8)
+    quantize = quantize_q8_0_np if kv_type == "q8_0" else quantize_q4_0_np
+    return quantize(x.reshape(-1, QK)).reshape(*x.shape[:-1], -1)
+
+
+def dequantize_rows_np(raw: np.ndarray, kv_type: str) -> np.ndarray:
+    """uint8 (..., row_bytes) -> float32 (..., n)."""
+    raw = np.ascontiguousarray(raw)
+    if kv_type == "f32":
+        return raw.view(np.float32)
+    if kv_type == "f16":
+        return raw.view(np.float16).astype(np.float32)
+    f = KV_FORMATS[kv_type]
+    dequantize = dequantize_q8_0_np if kv_type == "q8_0" else dequantize_q4_0_np
+    return dequantize(raw.reshape(-1, f.type_size)).reshape(*raw.shape[:-1], -1)
+
+
+# ---- numba: the same, one row at a time ------------------------------------------------------
+@njit(inline="always")
+def f16_to_f32(lo, hi):
+    """The f16 with bytes lo, hi (little-endian) as float32:
+    sign * (1024 + m) * 2^(e - 25) for e = 1..30, sign * m * 2^-24 for e = 0."""
+    h = np.int64(lo) | (np.int64(hi) << 8)
+    e, m = (h >> 10) & 31, h & 1023
+    if e == 31:
+        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
+    elif e == 0:
+        v = np.float32(math.ldexp(np.float64(m), -24))
+    else:
+        v = np.float32(math.ldexp(np.float64(m + 1024), e - 25))
+    return -v if h & 0x8000 else v
+
+
+@njit(fastmath=FASTMATH)
+def f16_row_to_f32(raw, out):
+    """uint8 [2n] (n f16) -> float32 out [n], vectorised with integer ops:
+    shifting the 15 low bits left by 13 lines the f16 exponent and mantissa up with
+    f32's; multiplying by 2^112 then moves the exponent bias from 15 to 127 (and turns
+    f16 subnormals into the right f32 normals).  Inf/nan get the all-ones exponent."""
+    h = raw.view(np.uint16)
+    bits = out.view(np.uint32)
+    for i in range(out.shape[0]):
+        bits[i] = (np.uint32(h[i]) & 0x7FFF) << 13
+    for i in range(out.shape[0]):
+        out[i] *= np.float32(5.192296858534828e+33)                      # 2^112
+    for i in range(out.shape[0]):
+        x = np.uint32(h[i])
+        b = bits[i] | 0x7F800000 if (x & 0x7C00) == 0x7C00 else bits[i]
+        bits[i] = b | ((x & 0x8000) << 16)
+
+
+@njit(fastmath=FASTMATH)
+def dequantize_row(raw, fmt, out):
+    """One cached row (a KV head at one position), uint8 [row_bytes] -> float32 out [n]."""
+    if fmt == F32:
+        out[:] = raw.view(np.float32)
+    elif fmt == F16:
+        f16_row_to_f32(raw, out)
+    elif fmt == Q8_0:
+        for b in range(out.shape[0] // QK):
+            o = b * (2 + QK)
+            d = f16_to_f32(raw[o], raw[o + 1])
+            for j in range(QK):
+                out[b * QK + j] = d * np.float32(np.int8(raw[o + 2 + j]))
+    else:
+        for b in range(out.shape[0] // QK):
+            o = b * (2 + QK // 2)
+            d = f16_to_f32(raw[o], raw[o + 1])
+            for j in range(QK // 2):
+                q = np.int32(raw[o + 2 + j])
+                out[b * QK + j] = d * np.float32((q & 15) - 8)
+                out[b * QK + QK // 2 + j] = d * np.float32((q >> 4) - 8)
+
+
+# Quantizers run without fastmath: every rounding must be the reference's.
+@njit(inline="always")
+def roundf(x):
+    a = abs(x)
+    r = np.float32(int(a))
+    if a - r >= np.float32(0.5):
+        r += np.float32(1)
+    return r if x >= 0 else -r
+
+
+@njit
+def quantize_q8_0_rows(x, out, scales):
+    """x float32 [R, n] -> out uint8 [R, n/32*34] (the int8s; the f16 d bytes are left to
+    the caller) and scales float32 [R, n/32]."""
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK):
+            amax = np.float32(0)
+            for j in range(QK):
+                amax = max(amax, abs(x[r, b * QK + j]))
+            d = amax / np.float32(127)
+            inv = np.float32(1) / d if d != 0 else np.float32(0)
+            for j in range(QK):
+                q = np.int32(roundf(x[r, b * QK + j] * inv))
+                out[r, b * (2 + QK) + 2 + j] = np.uint8(q & 0xFF)
+            scales[r, b] = d
+
+
+@njit
+def quantize_q4_0_rows(x, out, scales):
+    """x float32 [R, n] -> out uint8 [R, n/32*18] (the nibbles) and scales float32 [R, n/32]."""
+    for r in range(x.shape[0]):
+        for b in range(x.shape[1] // QK):
+            amax, m = np.float32(0), np.float32(0)
+            for j in range(QK):
+                v = x[r, b * QK + j]
+                if abs(v) > amax:
+                    amax, m = abs(v), v
+            d = m / np.float32(-8)
+            inv = np.float32(1) / d if d != 0 else np.float32(0)
+            for j in range(QK // 2):
+                lo = min(15, np.int32(x[r, b * QK + j] * inv + np.float32(8.5)))
+                hi = min(15, np.int32(x[r, b * QK + QK // 2 + j] * inv + np.float32(8.5)))
+                out[r, b * (2 + QK // 2) + 2 + j] = np.uint8(lo | (hi << 4))
+            scales[r, b] = d
+
+
+def quantize_rows(x: np.ndarray, kv_type: str) -> np.ndarray:
+    """float32 (..., n) -> uint8 (..., row_bytes): numba for the block formats when available."""
+    if not HAVE_NUMBA or kv_type in ("f32", "f16"):
+        return quantize_rows_np(x, kv_type)
+    f = KV_FORMATS[kv_type]
+    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    nb = x2.shape[1] // QK
+    out = np.empty((x2.shape[0], nb * f.type_size), np.uint8)
+    scales = np.empty((x2.shape[0], nb), np.float32)
+    (quantize_q8_0_rows if kv_type == "q8_0" else quantize_q4_0_rows)(x2, out, scales)
+    # d as f16, rounded to nearest even like ggml's FP32_TO_FP16
+    out.reshape(-1, f.type_size)[:, :2] = scales.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return out.reshape(*x.shape[:-1], -1)
+
+
+# ---- the cache ---------------------------------------------------------------------------------
+@dataclass
+class KVView:
+    """One layer's cached keys and values for positions first..n_kv-1, as attention reads them.
+    Position p lives in cell p % n_cells."""
+    k: np.ndarray                  # uint8 [n_cells, n_head_kv, k_row_bytes]
+    v: np.ndarray                  # uint8 [n_cells, n_head_kv, v_row_bytes]
+    kv_type: str
+    first: int                     # oldest position held (> 0 once a ring has wrapped)
+    n_kv: int                      # one past the newest position
+
+    @property
+    def fmt(self) -> int:
+        return KV_FORMATS[self.kv_type].code
+
+    @property
+    def n_cells(self) -> int:
+        return self.k.shape[0]
+
+    @property
+    def n_head_kv(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def head_dim_k(self) -> int:
+        f = KV_FORMATS[self.kv_type]
+        return self.k.shape[2] // f.type_size * f.block_size
+
+    @property
+    def head_dim_v(self) -> int:
+        f = KV_FORMATS[self.kv_type]
+        return self.v.shape[2] // f.type_size * f.block_size
+
+    def _rows(self, raw: np.ndarray, positions) -> np.ndarray:
+        positions = np.arange(self.first, self.n_kv) if positions is None else np.asarray(positions)
+        cells = positions % self.n_cells
+        if len(cells) and cells[-1] - cells[0] == len(cells) - 1:     # no wrap: a view, not a gather
+            rows = raw[cells[0]:cells[-1] + 1]
+        else:
+            rows = raw[cells]
+        return dequantize_rows_np(rows, self.kv_type)
+
+    def keys(self, positions=None) -> np.ndarray:
+        """float32 [n, n_head_kv, head_dim_k] for these positions (default first..n_kv-1)."""
+        return self._rows(self.k, positions)
+
+    def values(self, positions=None) -> np.ndarray:
+        """float32 [n, n_head_kv, head_dim_v]"""
+        return self._rows(self.v, positions)
+
+
+class LayerKV:
+    """One layer's storage.  Holds positions first..n_stored-1 in cells p % n_cells."""
+
+    def __init__(self, n_head_kv: int, k_row_bytes: int, v_row_bytes: int, window: int, max_cells: int):
+        self.window = window                       # 0: attends to everything
+        self.max_cells = max_cells                 # n_ctx, or window + n_batch for a ring
+        self.k = np.empty((0, n_head_kv, k_row_bytes), np.uint8)
+        self.v = np.empty((0, n_head_kv, v_row_bytes), np.uint8)
+        self.first = 0
+        self.n_stored = 0
+
+    @property
+    def n_cells(self) -> int:
+        return self.k.shape[0]
+
+    def resize(self, n_cells: int) -> None:
+        """Reallocate to n_cells, moving each held position p to its new cell p % n_cells."""
+        held = np.arange(self.first, self.n_stored)
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = np.empty((n_cells,) + old.shape[1:], np.uint8)
+            new[held % n_cells] = old[held % max(1, old.shape[0])]
+            setattr(self, name, new)
+
+    def write(self, pos: int, k_rows: np.ndarray, v_rows: np.ndarray) -> None:
+        """Store encoded rows [T, n_head_kv, row_bytes] for positions pos..pos+T-1."""
+        T, n = k_rows.shape[0], self.n_cells
+        c0 = pos % n
+        if c0 + T <= n:
+            self.k[c0:c0 + T], self.v[c0:c0 + T] = k_rows, v_rows
+        else:                                      # the batch wraps around the ring
+            cells = np.arange(pos, pos + T) % n
+            self.k[cells], self.v[cells] = k_rows, v_rows
+        self.n_stored = pos + T
+        self.first = max(self.first, self.n_stored - n)
+
+    def keeps_window_of(self, n: int) -> bool:
+        """Could attention resume at position n?  A query at n sees n-window+1..n, so those
+        positions before n must still be held."""
+        lo = max(0, n - self.window + 1) if self.window else 0
+        return self.first <= lo or n == 0
 
 
 class KVCache:
+    """Keys and values of every layer.  `windows[il]` is layer il's sliding window (None or 0:
+    full attention).  n_batch: the largest batch a ring layer makes room for without growing."""
+
     def __init__(self, n_layer: int, n_head_kv: int, head_dim_k: int, head_dim_v: int,
-                 n_ctx: int, kv_type: str = "f16", chunk: int = 256):
-        if kv_type not in KV_DTYPES:
-            raise TinyLLMError(f"KV cache type {kv_type!r} not supported (supported: {', '.join(KV_DTYPES)})")
+                 n_ctx: int, kv_type: str = "f16", windows=None, flash_attn: bool = True,
+                 chunk: int = 256, n_batch: int = 256):
+        f = kv_format(kv_type)
+        for name, dim in (("head_dim_k", head_dim_k), ("head_dim_v", head_dim_v)):
+            if dim % f.block_size:
+                raise TinyLLMError(f"KV cache type {kv_type} needs a head size that is a multiple of "
+                                   f"{f.block_size}; this model's {name} is {dim}")
         self.n_layer, self.n_head_kv, self.n_ctx, self.chunk = n_layer, n_head_kv, n_ctx, chunk
-        self.kv_type, self.dtype = kv_type, KV_DTYPES[kv_type]
+        self.kv_type, self.flash_attn, self.n_batch = kv_type, flash_attn, n_batch
         self.head_dim_k, self.head_dim_v = head_dim_k, head_dim_v
-        self.n_cells = 0                         # cells allocated per layer
-        self.n_used = 0                          # positions stored (the same for every layer)
-        self.k = [np.empty((0, n_head_kv, head_dim_k), self.dtype) for _ in range(n_layer)]
-        self.v = [np.empty((0, n_head_kv, head_dim_v), self.dtype) for _ in range(n_layer)]
+        self.k_row_bytes, self.v_row_bytes = f.row_bytes(head_dim_k), f.row_bytes(head_dim_v)
+        windows = list(windows) if windows is not None else [None] * n_layer
+        if len(windows) != n_layer:
+            raise ValueError(f"{len(windows)} windows for {n_layer} layers")
+        self.layers = []
+        for w in windows:
+            w = int(w or 0)
+            max_cells = min(n_ctx, w + n_batch) if w else n_ctx
+            self.layers.append(LayerKV(n_head_kv, self.k_row_bytes, self.v_row_bytes, w, max_cells))
 
-    def _grow(self, n_needed: int) -> None:
-        n_new = min(self.n_ctx, -(-n_needed // self.chunk) * self.chunk)
-        for store in (self.k, self.v):
-            for i, old in enumerate(store):
-                new = np.empty((n_new,) + old.shape[1:], self.dtype)
-                new[:self.n_cells] = old[:self.n_cells]
-                store[i] = new
-        self.n_cells = n_new
-
+    # ---- writing and reading -------------------------------------------------------------------
     def store(self, layer: int, pos: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Write k, v ([T, n_head_kv, head_dim]) for positions pos..pos+T-1."""
-        end = pos + k.shape[0]
+        """Write k [T, n_head_kv, head_dim_k], v [T, n_head_kv, head_dim_v] for positions pos..pos+T-1."""
+        L, T = self.layers[layer], k.shape[0]
+        end = pos + T
         if end > self.n_ctx:
             raise TinyLLMError(f"context full: {end} tokens > n_ctx {self.n_ctx}")
-        if end > self.n_cells:
-            self._grow(end)
-        self.k[layer][pos:end] = k
-        self.v[layer][pos:end] = v
-        if layer == self.n_layer - 1:
-            self.n_used = end
+        if pos > L.n_stored:
+            raise TinyLLMError(f"KV cache layer {layer} holds {L.n_stored} positions; cannot store "
+                               f"position {pos} (truncate() returned a smaller position?)")
+        if pos < L.n_stored:                       # overwriting: forget what came after pos
+            self._truncate_layer(L, pos)
+        self._reserve(L, end, T)
+        L.write(pos, quantize_rows(k, self.kv_type), quantize_rows(v, self.kv_type))
+
+    def _reserve(self, L: LayerKV, end: int, T: int) -> None:
+        """Make sure L can hold positions up to end-1 while a batch of T attends.
+        A ring needs the window-1 positions before the batch plus the batch itself."""
+        need = min(end, L.window - 1 + T) if L.window else end
+        if need <= L.n_cells:
+            return
+        limit = max(L.max_cells, need)             # a batch larger than n_batch widens the ring
+        L.resize(min(limit, -(-need // self.chunk) * self.chunk))
+
+    def view(self, layer: int, n_kv: int) -> KVView:
+        """What attention reads for queries ending at position n_kv-1 (just stored)."""
+        L = self.layers[layer]
+        if n_kv > L.n_stored:
+            raise ValueError(f"layer {layer} holds {L.n_stored} positions, asked for {n_kv}")
+        return KVView(L.k, L.v, self.kv_type, L.first, n_kv)
 
     def keys(self, layer: int, n: int) -> np.ndarray:
-        return self.k[layer][:n]
+        """float32 [n - first, n_head_kv, head_dim_k]: positions first..n-1 (first = 0 unless a ring wrapped)."""
+        return self.view(layer, n).keys()
 
     def values(self, layer: int, n: int) -> np.ndarray:
-        return self.v[layer][:n]
+        return self.view(layer, n).values()
 
-    def truncate(self, n: int) -> None:
-        """Forget positions >= n (the cells stay allocated for reuse)."""
-        self.n_used = min(self.n_used, n)
+    # ---- forgetting ----------------------------------------------------------------------------
+    def can_truncate(self, n: int) -> bool:
+        """True if every layer still holds what a query at position n would attend to.
+        Full layers always do; a ring layer may have overwritten positions n-window+1..n-1
+        with later ones."""
+        n = max(0, min(n, self.n_used))
+        return all(L.keeps_window_of(n) for L in self.layers)
+
+    def truncate(self, n: int) -> int:
+        """Forget positions >= n (cells stay allocated for reuse).  Returns the number of
+        positions kept: n when possible, else 0 -- a ring layer had already overwritten
+        what position n needs, so the cache was cleared and the caller must re-feed its
+        tokens from position 0 (the returned value)."""
+        n = max(0, min(n, self.n_used))
+        if not self.can_truncate(n):
+            n = 0
+        for L in self.layers:
+            self._truncate_layer(L, n)
+        return n
+
+    @staticmethod
+    def _truncate_layer(L: LayerKV, n: int) -> None:
+        L.n_stored = min(L.n_stored, n)
+        L.first = 0 if n == 0 else min(L.first, n)
+
+    # ---- sizes ---------------------------------------------------------------------------------
+    @property
+    def n_used(self) -> int:
+        """Positions held (the conversation length the cache covers)."""
+        return min(L.n_stored for L in self.layers) if self.layers else 0
+
+    @property
+    def n_cells(self) -> int:
+        """Cells allocated in a full-attention layer (the largest layer)."""
+        return max((L.n_cells for L in self.layers), default=0)
+
+    @property
+    def cells_allocated(self) -> list:
+        """Cells allocated per layer (ring layers stay at most window + n_batch)."""
+        return [L.n_cells for L in self.layers]
+
+    @property
+    def layer_bytes_per_cell(self) -> int:
+        return self.n_head_kv * (self.k_row_bytes + self.v_row_bytes)
 
     @property
     def bytes_per_cell(self) -> int:
-        return self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v) * np.dtype(self.dtype).itemsize
+        """Bytes one position costs across all layers (while no ring has filled up)."""
+        return self.n_layer * self.layer_bytes_per_cell
 
     @property
     def nbytes_allocated(self) -> int:
-        return self.n_cells * self.bytes_per_cell
+        return sum(L.n_cells for L in self.layers) * self.layer_bytes_per_cell
 
     @property
     def nbytes_used(self) -> int:
-        return self.n_used * self.bytes_per_cell
+        """Bytes of cells that hold a live position."""
+        return sum(L.n_stored - L.first for L in self.layers) * self.layer_bytes_per_cell

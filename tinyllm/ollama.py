@@ -117,6 +117,14 @@ def ollama_defaults(version) -> OllamaDefaults:
     raise ValueError(f"Ollama {version}: defaults not known (studied: 0.2.0-0.24, >=0.30)")
 
 
+def describe_defaults(version, vram_bytes: int = 0) -> str:
+    """One line for the UI: 'Ollama 0.6.5 would have used num_ctx 2048, num_parallel 4, ...'."""
+    row = ollama_defaults(version)
+    fa = {"off": "off unless OLLAMA_FLASH_ATTENTION=1", "auto": "auto"}[row.flash_attn]
+    return (f"Ollama {version} would have used num_ctx {default_num_ctx(version, vram_bytes)}, "
+            f"num_parallel {row.num_parallel}, flash attention {fa} ({row.note})")
+
+
 def default_num_ctx(version, vram_bytes: int = 0) -> int:
     """Default num_ctx (per slot).  From v0.15.5 it depends on total VRAM (routes.go Serve)."""
     v = parse_version(version)
@@ -171,7 +179,7 @@ class OllamaModel:
         heads_kv = per_layer(key("attention.head_count_kv"), heads)
         n_embd = int(key("embedding_length"))
         # EmbeddingHeadCountK/V: the explicit length if present, else E / min(heads).
-        head_dim = n_embd // max(1, min(h for h in heads if h > 0) if any(heads) else 1)
+        head_dim = n_embd // min([h for h in heads if h > 0] or [1])
         tokens = md.get("tokenizer.ggml.tokens")
         n_vocab = len(tokens) if tokens is not None else int(key("vocab_size", 0))
 

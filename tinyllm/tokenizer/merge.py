@@ -33,9 +33,8 @@ def merge_pairs(word: str, priority: Callable[[str, str], Optional[float]]) -> l
     n = len(word)
     if n < 2:
         return [word] if word else []
-    # Symbol i covers word[start[i]:start[i] + size[i]]; merged-away symbols
-    # get size 0.  prev/next link the live symbols (-1 = none).
-    start = list(range(n))
+    # Symbol i covers word[i:i + size[i]]: a merge grows the left symbol and
+    # empties the right one (size 0).  prev/nxt link the live symbols (-1 = none).
     size = [1] * n
     prev = list(range(-1, n - 1))
     nxt = list(range(1, n + 1))
@@ -46,8 +45,7 @@ def merge_pairs(word: str, priority: Callable[[str, str], Optional[float]]) -> l
     def push(left: int, right: int) -> None:
         if left < 0 or right < 0:
             return
-        a, b = start[left], start[right]
-        p = priority(word[a:a + size[left]], word[b:b + size[right]])
+        p = priority(word[left:left + size[left]], word[right:right + size[right]])
         if p is not None:
             heapq.heappush(heap, (-p, left, right, size[left] + size[right]))
 
@@ -68,6 +66,6 @@ def merge_pairs(word: str, priority: Callable[[str, str], Optional[float]]) -> l
 
     out, i = [], 0
     while i >= 0:
-        out.append(word[start[i]:start[i] + size[i]])
+        out.append(word[i:i + size[i]])
         i = nxt[i]
     return out

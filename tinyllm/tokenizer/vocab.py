@@ -15,12 +15,10 @@ llama.cpp's does and special tokens render the same way.
 
 from __future__ import annotations
 
-from enum import IntFlag
-
 import numpy as np
 
 
-class TokenAttr(IntFlag):
+class TokenAttr:
     """Per-token attribute bits (llama.cpp's llama_token_attr)."""
     UNDEFINED = 0
     UNKNOWN = 1 << 0
@@ -79,12 +77,13 @@ class Vocab:
     """Token texts, attributes, special ids and end-of-generation set."""
 
     def __init__(self, metadata: dict, default_ids: dict):
-        tokens = list(metadata["tokenizer.ggml.tokens"])
+        tokens = metadata["tokenizer.ggml.tokens"]
         n = len(tokens)
-        for i in (i for i, t in enumerate(tokens) if not t):  # llama.cpp's stand-in
-            tokens[i] = f"[EMPTY_{i}]"
-        self.tokens: list[str] = tokens
         self.token_to_id: dict[str, int] = dict(zip(tokens, range(n)))  # duplicates: last wins
+        if "" in self.token_to_id:  # llama.cpp names empty tokens instead
+            tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+            self.token_to_id = dict(zip(tokens, range(n)))
+        self.tokens: list[str] = tokens
         types = metadata.get("tokenizer.ggml.token_type")
         if types is None:
             self.attr = np.full(n, TokenAttr.NORMAL, dtype=np.uint16)
@@ -110,7 +109,7 @@ class Vocab:
         lengths = [len(tokens[i].encode("utf-8")) for i in special]
         order = sorted(range(len(special)), key=lambda k: -lengths[k])
         self.special_ids = [int(special[k]) for k in order]
-        self.user_defined_ids = [i for i in self.special_ids if not self.attr[i] & HIDDEN]
+        self.user_defined_ids = [i for i in self.special_ids if not int(self.attr[i]) & HIDDEN]
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -1,0 +1,68 @@
+"""Decode attention cost per layer call, SmolLM2-135M shapes (9 heads, 3 KV heads, head_dim 64).
+
+    python scripts/bench_attention.py [--threads N] [--prefill T]
+
+For each KV type and context length: microseconds per attention() call for one new token
+(flash vs classic), and per cache.store() call.  Multiply by n_layer (30) for a token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from tinyllm import jit
+from tinyllm.attention import attention
+from tinyllm.kvcache import KVCache
+
+
+def best_us(fn, repeat):
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--prefill", type=int, default=1, help="query rows per call (1 = decode)")
+    ap.add_argument("--heads", default="9,3,64", help="n_head,n_head_kv,head_dim")
+    ap.add_argument("--window", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=50)
+    args = ap.parse_args()
+    if args.threads:
+        jit.set_threads(args.threads)
+    H, Hkv, D = map(int, args.heads.split(","))
+    T = args.prefill
+    rng = np.random.default_rng(0)
+    print(f"H {H}, Hkv {Hkv}, D {D}, T {T}, window {args.window or '-'}, threads {jit.get_threads()}, "
+          f"numba {jit.HAVE_NUMBA}")
+    print(f"{'kv':5} {'n_kv':>5} {'flash us':>9} {'classic us':>10} {'store us':>9}  {'flash GB/s':>10}")
+    for kv_type in ("f32", "f16", "q8_0", "q4_0"):
+        for n_kv in (128, 1024, 2048):
+            cache = KVCache(1, Hkv, D, D, n_kv, kv_type, windows=[args.window or None], n_batch=max(T, 256))
+            k = rng.standard_normal((n_kv, Hkv, D)).astype(np.float32)
+            v = rng.standard_normal((n_kv, Hkv, D)).astype(np.float32)
+            for s in range(0, n_kv - T, 256):
+                e = min(n_kv - T, s + 256)
+                cache.store(0, s, k[s:e], v[s:e])
+            pos = n_kv - T
+            q = rng.standard_normal((T, H, D)).astype(np.float32)
+            t_store = best_us(lambda: cache.store(0, pos, k[pos:], v[pos:]), args.repeat)
+            view = cache.view(0, n_kv)
+            for flash in (True, False):   # compile / warm
+                attention(q, view, pos, 0.125, args.window, flash)
+            t_flash = best_us(lambda: attention(q, view, pos, 0.125, args.window, True), args.repeat)
+            t_classic = best_us(lambda: attention(q, view, pos, 0.125, args.window, False), args.repeat)
+            n_read = min(n_kv, args.window + T) if args.window else n_kv
+            gbs = n_read * Hkv * (view.k.shape[2] + view.v.shape[2]) / (t_flash * 1e-6) / 1e9
+            print(f"{kv_type:5} {n_kv:5} {t_flash:9.1f} {t_classic:10.1f} {t_store:9.1f}  {gbs:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The memory ledger (tinyllm/memory.py): planned sizes from the real models' headers,
+measured numbers from this very process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyllm import memory
+from tinyllm.gguf_file import GGUFFile
+
+MiB = 1 << 20
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "llama_cpp_buffers.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path):
+    return GGUFFile(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def gemma(gemma3_path):
+    return GGUFFile(gemma3_path)
+
+
+# ---- planned: weights ---------------------------------------------------------------------
+
+def test_weights_by_type_and_group(smol):
+    by_type = memory.weights_by_type(smol)
+    total = sum(t.n_bytes for t in smol.tensors.values())
+    assert set(by_type) == {"Q4_1", "Q8_0", "F32"} and sum(by_type.values()) == total
+    assert by_type["Q8_0"] == smol.tensors["token_embd.weight"].n_bytes == 576 * 49152 // 32 * 34
+    groups = memory.weights_by_group(smol)
+    assert "output" not in groups                     # tied to token_embd
+    assert sum(groups.values()) == total
+    assert groups["norms"] == (30 * 2 + 1) * 576 * 4
+    n_attn = 576 * 576 * 2 + 576 * 192 * 2           # q, o, k, v per layer (elements)
+    assert groups["attention"] == 30 * n_attn // 32 * 20   # Q4_1: 20 bytes per 32
+
+
+def test_shape_from_header(smol, gemma):
+    s = memory.ModelShape.from_gguf(smol)
+    assert (s.n_layer, s.n_embd, s.n_head, s.n_head_kv, s.head_dim, s.n_vocab) == (30, 576, 9, 3, 64, 49152)
+    assert s.swa_layers == ()
+    g = memory.ModelShape.from_gguf(gemma)
+    assert (g.head_dim, g.head_dim_v, g.n_head_kv, g.sliding_window) == (256, 256, 1, 512)
+    # the same local/global layers llama.cpp logs as is_swa: every 6th layer is global
+    assert [i for i in range(18) if i not in g.swa_layers] == [5, 11, 17]
+
+
+def test_swa_pattern_from_metadata():
+    assert memory.swa_layer_indices(8, 4) == (0, 1, 2, 4, 5, 6)
+    assert memory.swa_layer_indices(4, [True, False, True, False]) == (0, 2)
+    assert memory.swa_layer_indices(4, 0) == ()
+
+
+# ---- planned: KV cache --------------------------------------------------------------------
+
+def test_smollm2_kv_cache(smol):
+    s = memory.ModelShape.from_gguf(smol)
+    assert memory.kv_cache_bytes(s, 2048, "f16") == 30 * 2048 * 3 * 64 * 2 * 2 == 45 * MiB
+    assert memory.kv_cache_bytes(s, 2048, "f32") == 90 * MiB
+    assert memory.kv_cache_bytes(s, 2048, "q8_0") == 45 * MiB * 34 // 64
+    assert memory.kv_cache_bytes(s, 2048, "q4_0") == 45 * MiB * 18 // 64
+    # the same bytes llama.cpp logged for this model (it holds all n_ctx cells up front)
+    for run in FIXTURE["models"]["SmolLM2-135M-Instruct.Q4_1.gguf"]["runs"]:
+        planned = memory.kv_cache_bytes(s, run["n_ctx_allocated"], run["kv_type"])
+        assert planned / MiB == pytest.approx(run["buffers_mib"]["CPU KV"], abs=0.006)
+
+
+def test_kv_cache_grows_in_chunks(smol):
+    s = memory.ModelShape.from_gguf(smol)
+    per_cell = 30 * 3 * 128 * 2
+    assert memory.kv_cache_bytes(s, 2048, "f16", n_tokens=0) == 0
+    assert memory.kv_cache_bytes(s, 2048, "f16", n_tokens=1) == 256 * per_cell
+    assert memory.kv_cache_bytes(s, 2048, "f16", n_tokens=257) == 512 * per_cell
+    assert memory.kv_cache_bytes(s, 2048, "f16", n_tokens=2048) == 2048 * per_cell
+    assert memory.kv_cache_bytes(s, 1000, "f16", n_tokens=999) == 1000 * per_cell  # capped at n_ctx
+
+
+def test_gemma3_sliding_window_layers_keep_only_the_window(gemma):
+    s = memory.ModelShape.from_gguf(gemma)
+    per_cell = 1 * (256 + 256) * 2
+    # 3 global layers hold the context, 15 local ones a ring of 512 cells
+    assert memory.kv_cache_bytes(s, 8192, "f16") == (3 * 8192 + 15 * 512) * per_cell
+    assert memory.kv_cache_bytes(s, 8192, "f16", n_tokens=300) == 18 * 512 * per_cell
+    assert memory.kv_cache_bytes(s, 8192, "f16", n_tokens=5000) == (3 * 5120 + 15 * 512) * per_cell
+    assert memory.kv_cells(s, 256)[0] == 256            # window larger than the context
+
+
+def test_quantized_cache_needs_whole_blocks():
+    odd = memory.ModelShape("x", 1, 40, 80, 1, 1, 40, 40, 10, 100)
+    with pytest.raises(memory.TinyLLMError):
+        memory.kv_cache_bytes(odd, 16, "q8_0")
+
+
+# ---- planned: scratch ---------------------------------------------------------------------
+
+def test_scratch_buffers(smol):
+    s = memory.ModelShape.from_gguf(smol)
+    off = memory.scratch_bytes(s, n_batch=32, n_ctx=2048, flash_attn=False)
+    on = memory.scratch_bytes(s, n_batch=32, n_ctx=2048, flash_attn=True)
+    assert off["att"] == 9 * 32 * 2048 * 4              # H x T x n_kv float32
+    assert on["att"] == 9 * 32 * (256 + 2) * 4
+    assert memory.scratch_bytes(s, 32, 8192, True) == on   # FA: independent of the context
+    assert memory.scratch_bytes(s, 32, 8192, False)["att"] == 4 * off["att"]
+    assert on["logits"] == 49152 * 4
+    assert memory.scratch_bytes(s, 32, 2048, True, all_logits=True)["logits"] == 32 * 49152 * 4
+    assert on["x"] == on["xb2"] == 32 * 576 * 4 and on["hb"] == 32 * 1536 * 4
+    assert on["k"] == on["v"] == 32 * 3 * 64 * 4 and on["q"] == 32 * 9 * 64 * 4
+
+
+# ---- measured -------------------------------------------------------------------------------
+
+def test_measured_is_sane_in_this_process():
+    m = memory.measured()
+    assert m.rss > 10 * MiB and m.peak_rss >= m.rss
+    assert m.rss_anon > 0 and m.rss_file > 0 and m.swap >= 0
+    assert m.rss_anon + m.rss_file + m.rss_shmem == pytest.approx(m.rss, abs=1 * MiB)
+    block = np.ones(64 * MiB // 8)                      # 64 MiB of touched anonymous memory
+    after = memory.measured()
+    assert after.rss_anon - m.rss_anon > 60 * MiB
+    del block
+
+
+def test_mapped_weights_show_up_as_file_backed(smollm2_path):
+    g = GGUFFile(smollm2_path)
+    before = memory.measured(model_path=smollm2_path).weights_resident
+    # touch one byte per page of every tensor (the header pages were read when parsing)
+    checksum = sum(int(g.raw(name).reshape(-1)[::4096].sum()) for name in g.tensors)
+    after = memory.measured(model_path=smollm2_path)
+    assert checksum >= 0 and before <= after.weights_resident
+    assert after.weights_resident >= 0.95 * g.file_size
+    assert after.rss_file >= after.weights_resident
+    g.close()
+
+
+def test_metadata_objects_match_what_parsing_the_header_costs(gemma3_path):
+    """Opening Gemma 3 turns its 262k-token vocabulary into Python strings: the planned
+    metadata_object_bytes is what RssAnon grows by (measured in a fresh process)."""
+    code = (
+        "import json, sys\n"
+        "from tinyllm import memory\n"
+        "from tinyllm.gguf_file import GGUFFile\n"
+        "before = memory.measured().rss_anon\n"
+        f"g = GGUFFile({gemma3_path!r})\n"
+        "after = memory.measured().rss_anon\n"
+        "print(json.dumps([after - before, memory.metadata_object_bytes(g)]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grown, planned = json.loads(out.stdout)
+    assert planned > 15 * MiB
+    assert grown == pytest.approx(planned, rel=0.2)
+
+
+# ---- the ledger -----------------------------------------------------------------------------
+
+def test_plan_totals(smol):
+    plan = memory.MemoryPlan.from_gguf(smol, n_ctx=2048, kv_type="q8_0", n_batch=32,
+                                       flash_attn=True, n_tokens=300,
+                                       runtime_baseline_bytes=100 * MiB)
+    assert plan.weights == sum(t.n_bytes for t in smol.tensors.values())
+    assert plan.kv_full == 45 * MiB * 34 // 64
+    assert plan.kv_allocated == plan.kv_full * 512 // 2048
+    assert plan.anon == (plan.kv_allocated + plan.scratch_total + plan.metadata_objects
+                         + 100 * MiB)
+    assert plan.file_bytes == smol.file_size > plan.weights
+    assert plan.rss == plan.file_bytes + plan.anon
+    assert plan.at(2048).kv_allocated == plan.kv_full
+
+
+def test_ledger_table(smol):
+    led = memory.ledger(smol, n_ctx=2048, kv_type="f16", n_batch=32, flash_attn=False,
+                        n_tokens=100, runtime_baseline_bytes=memory.measure_runtime_baseline())
+    text = led.table()
+    assert "MiB (2^20 bytes)" in text and "1 GB = 10^9 bytes" in text
+    assert "KV cache at full n_ctx 2048" in text and " 45.0 " in text
+    assert "OLLAMA_FLASH_ATTENTION=0" in text
+    for fig in led.ollama:
+        assert f"{fig.band.label:24}{fig.printed:>9}" in text
+    # CPU-only 0.12.7-0.24: weights (blk + norm + tied token_embd) + f16 KV, nothing else
+    cpu = next(f for f in led.ollama if f.band.key == "cpu-0.24")
+    assert cpu.size == led.plan.weights + 45 * MiB
+    assert led.measured.rss > 0

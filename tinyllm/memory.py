@@ -1,0 +1,485 @@
+"""The memory ledger: what a model should need (planned) next to what the process uses (measured).
+
+Planned, from the GGUF header alone -- no model run:
+
+    weights   the tensors, memory-mapped: file-backed pages the kernel may drop and
+              re-read, so they show up in RssFile, not RssAnon
+    KV cache  per layer and cell: n_head_kv * (head_dim_k + head_dim_v) elements at the
+              cache type's real size (f32 4, f16 2, q8_0 34/32, q4_0 18/32 bytes); allocated
+              in chunks as the conversation grows; sliding-window layers keep only a ring
+              of `sliding_window` cells
+    scratch   activation buffers for a batch of tokens (scratch_bytes)
+    runtime   Python + numpy + numba themselves, measured at start-up
+
+Measured, from /proc/self/status, /proc/self/smaps_rollup and /proc/self/smaps
+(psutil where /proc is missing, e.g. macOS): RSS split into anonymous memory
+(KV, scratch, Python heap) and file-backed pages (the mapped weights, shared
+libraries), swap, and the peak.
+
+Units: every tinyllm number is in MiB (2^20 bytes).  Ollama's numbers (see
+tinyllm/ollama.py) are printed the way `ollama ps` prints them, in decimal GB/MB
+(10^9 / 10^6 bytes).  Table headers say which is which.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from . import ollama
+from .errors import TinyLLMError
+
+MiB = 1 << 20
+
+# KV cache element types: (elements per block, bytes per block), as ggml stores them.
+KV_BLOCK = {"f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
+KV_CHUNK = 256               # the cache grows by this many cells at a time
+
+# Default sliding-window patterns (llama.cpp set_swa_pattern) when the GGUF has no
+# `{arch}.attention.sliding_window_pattern`: layer il is local iff il % n < n - 1.
+SWA_PATTERN_DEFAULT = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+
+
+# ---- the model's shape ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions memory depends on.  Field names match tinyllm.model.Config, so
+    kv_cache_bytes() and scratch_bytes() accept either."""
+    arch: str
+    n_layer: int
+    n_embd: int                 # E
+    n_ff: int                   # F
+    n_head: int                 # H
+    n_head_kv: int              # Hkv
+    head_dim: int               # Dk
+    head_dim_v: int             # Dv
+    n_vocab: int                # V
+    n_ctx_train: int
+    sliding_window: int = 0     # 0: no sliding-window layers
+    swa_layers: tuple = ()      # indices of sliding-window layers
+
+    @classmethod
+    def from_gguf(cls, g) -> "ModelShape":
+        md = g.metadata
+        arch = md.get("general.architecture")
+        if arch is None:
+            raise TinyLLMError(f"{g.path}: no general.architecture in the header")
+
+        def key(name, default=None):
+            v = md.get(f"{arch}.{name}", default)
+            if v is None:
+                raise TinyLLMError(f"{g.path}: missing metadata {arch}.{name}")
+            if isinstance(v, (np.ndarray, list)):   # per-layer arrays: size for the largest
+                return int(max(v))
+            return int(v)
+
+        n_layer, n_embd, n_head = key("block_count"), key("embedding_length"), key("attention.head_count")
+        head_dim = key("attention.key_length", n_embd // n_head)
+        tokens = md.get("tokenizer.ggml.tokens")
+        n_vocab = len(tokens) if tokens is not None else key("vocab_size")
+        window = key("attention.sliding_window", 0)
+        pattern = md.get(f"{arch}.attention.sliding_window_pattern",
+                         SWA_PATTERN_DEFAULT.get(arch, 0))
+        return cls(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=key("feed_forward_length"),
+                   n_head=n_head, n_head_kv=key("attention.head_count_kv", n_head),
+                   head_dim=head_dim, head_dim_v=key("attention.value_length", head_dim),
+                   n_vocab=n_vocab, n_ctx_train=key("context_length", 0),
+                   sliding_window=window,
+                   swa_layers=swa_layer_indices(n_layer, pattern) if window else ())
+
+
+def swa_layer_indices(n_layer: int, pattern) -> tuple:
+    """Which layers use the sliding window.
+
+    pattern is the GGUF `sliding_window_pattern`: either an int n (layers il with
+    il % n < n - 1 are local, every n-th is global: Gemma 3 has n = 6) or one bool
+    per layer (True = local).  0 or missing: no local layers.
+    """
+    if isinstance(pattern, (np.ndarray, list, tuple)):
+        return tuple(i for i, local in enumerate(pattern) if local)
+    n = int(pattern or 0)
+    if n <= 0:
+        return ()
+    return tuple(i for i in range(n_layer) if i % n < n - 1)
+
+
+# ---- weights ----------------------------------------------------------------------------
+
+def tensor_group(name: str) -> str:
+    """token_embd / output / attention / ffn / norms / other, by GGUF tensor name."""
+    if "norm" in name:
+        return "norms"
+    if name.startswith("token_embd"):
+        return "token_embd"
+    if name.startswith("output."):
+        return "output"
+    if ".attn_" in name:
+        return "attention"
+    if ".ffn_" in name:
+        return "ffn"
+    return "other"
+
+
+def weights_by_type(g) -> dict:
+    """Bytes of tensor data per ggml type name, largest first."""
+    out: dict[str, int] = {}
+    for t in g.tensors.values():
+        name = GGMLQuantizationType(t.ggml_type).name
+        out[name] = out.get(name, 0) + t.n_bytes
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def weights_by_group(g) -> dict:
+    """Bytes of tensor data per tensor_group(); 'output' is absent when tied to token_embd."""
+    out = {k: 0 for k in ("token_embd", "output", "attention", "ffn", "norms", "other")}
+    for t in g.tensors.values():
+        out[tensor_group(t.name)] += t.n_bytes
+    return {k: v for k, v in out.items() if v or k in ("token_embd", "attention", "ffn")}
+
+
+def metadata_object_bytes(g) -> int:
+    """Anonymous memory of the header's string arrays once parsed into Python objects.
+
+    The vocabulary (tokenizer.ggml.tokens, and merges for BPE models) becomes one
+    Python str per entry: ~50 bytes of object header plus the text, plus an 8-byte
+    list slot.  For Gemma 3's 262k tokens that is ~17 MiB -- more than its KV cache
+    at a few thousand tokens.
+    """
+    total = 0
+    for value in g.metadata.values():
+        if isinstance(value, list):
+            total += sys.getsizeof(value) + sum(sys.getsizeof(v) for v in value)
+    return total
+
+
+# ---- KV cache ---------------------------------------------------------------------------
+
+def kv_row_bytes(kv_type: str, n_elements: int) -> int:
+    """Bytes for n_elements of a cache type; quantized types store a scale per 32 elements."""
+    if kv_type not in KV_BLOCK:
+        raise TinyLLMError(f"KV cache type {kv_type!r} unknown (choose from {', '.join(KV_BLOCK)})")
+    block, size = KV_BLOCK[kv_type]
+    if n_elements % block:
+        raise TinyLLMError(f"KV cache type {kv_type} needs rows that are a multiple of {block}")
+    return n_elements // block * size
+
+
+def kv_bytes_per_cell(shape, kv_type: str) -> int:
+    """One cell (one position) of one layer: a key row and a value row."""
+    return (kv_row_bytes(kv_type, shape.n_head_kv * shape.head_dim)
+            + kv_row_bytes(kv_type, shape.n_head_kv * shape.head_dim_v))
+
+
+def kv_cells(shape, n_ctx: int, n_tokens: int | None = None, chunk: int = KV_CHUNK) -> list:
+    """Cells allocated in each layer.
+
+    n_tokens None: the full context, n_ctx cells.  Otherwise the cache has grown
+    to hold n_tokens, in steps of `chunk`: min(n_ctx, ceil(n_tokens / chunk) * chunk)
+    (0 before the first token).  A sliding-window layer never needs more than its
+    window: it is a ring buffer of min(that, sliding_window) cells.
+    """
+    full = n_ctx if n_tokens is None else min(n_ctx, -(-max(0, n_tokens) // chunk) * chunk)
+    swa = set(getattr(shape, "swa_layers", ()) or ())
+    window = getattr(shape, "sliding_window", 0) or 0
+    return [min(full, window) if (il in swa and window) else full for il in range(shape.n_layer)]
+
+
+def kv_cache_bytes(shape, n_ctx: int, kv_type: str = "f16", n_tokens: int | None = None,
+                   chunk: int = KV_CHUNK) -> int:
+    """tinyllm's KV cache in bytes: sum over layers of cells * kv_bytes_per_cell.
+
+    Example, SmolLM2-135M at n_ctx 2048, f16: 30 layers * 2048 cells * 3 heads *
+    (64 + 64) * 2 bytes = 45 MiB; q8_0 is 34/64 of that.
+    """
+    return sum(kv_cells(shape, n_ctx, n_tokens, chunk)) * kv_bytes_per_cell(shape, kv_type)
+
+
+# ---- scratch ----------------------------------------------------------------------------
+
+def scratch_bytes(shape, n_batch: int, n_ctx: int, flash_attn: bool, all_logits: bool = False,
+                  fa_tile: int = KV_CHUNK) -> dict:
+    """Activation buffers (all float32) for one forward call over T = n_batch tokens.
+
+        x       [T, E]             residual stream
+        xb      [T, max(E, H*Dv)]  normed input, then the concatenated attention heads
+        xb2     [T, E]             attn_output / ffn_down result before the residual add
+        q       [T, H*Dk]          queries
+        k, v    [T, Hkv*Dk], [T, Hkv*Dv]   this batch's keys and values, before the cache
+        att     flash attention off: [H, T, n_kv] scores for the whole visible context,
+                n_kv = n_ctx (min(n_ctx, window) if every layer is local): the buffer
+                that grows with the context;
+                flash attention on: [H, T, fa_tile] one tile of scores plus the running
+                max and sum [H, T, 2] of the online softmax: independent of n_ctx
+        hb, hb2 [T, F]             FFN gate and up projections
+        logits  [V] (last token only) or [T, V] with all_logits (perplexity)
+
+    Returns {name: bytes}.  The forward pass should allocate exactly these (once, at
+    the largest batch it will run) so that the plan matches RssAnon.
+    """
+    T, E, F, V = n_batch, shape.n_embd, shape.n_ff, shape.n_vocab
+    H, Hkv, Dk, Dv = shape.n_head, shape.n_head_kv, shape.head_dim, shape.head_dim_v
+    swa = getattr(shape, "swa_layers", ()) or ()
+    window = getattr(shape, "sliding_window", 0) or 0
+    n_kv = min(n_ctx, window) if (window and len(swa) == shape.n_layer) else n_ctx
+    f32 = 4
+    sizes = {
+        "x": T * E, "xb": T * max(E, H * Dv), "xb2": T * E,
+        "q": T * H * Dk, "k": T * Hkv * Dk, "v": T * Hkv * Dv,
+        "att": H * T * (fa_tile + 2) if flash_attn else H * T * n_kv,
+        "hb": T * F, "hb2": T * F,
+        "logits": V * (T if all_logits else 1),
+    }
+    return {name: n * f32 for name, n in sizes.items()}
+
+
+# ---- measured ---------------------------------------------------------------------------
+
+@dataclass
+class Measured:
+    """Resident memory of a process, in bytes.  None = not available on this system."""
+    rss: int                            # VmRSS: every resident page
+    rss_anon: int | None = None         # RssAnon: heap, numpy arrays, KV cache, scratch
+    rss_file: int | None = None         # RssFile: mapped files -- the weights, shared libraries
+    rss_shmem: int | None = None
+    swap: int | None = None             # VmSwap: anonymous pages pushed to swap
+    peak_rss: int | None = None         # VmHWM: high-water mark of VmRSS
+    pss: int | None = None              # smaps_rollup Pss: shared pages divided among sharers
+    weights_resident: int | None = None  # resident pages of the model file's mapping
+    source: str = "/proc"
+
+
+def _proc_kb_fields(path: str) -> dict:
+    out = {}
+    with open(path) as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[name.strip()] = int(parts[0]) * 1024
+    return out
+
+
+def mapped_file_resident(path: str, pid="self") -> int:
+    """Resident bytes of every mapping of `path` in /proc/PID/smaps (0 if not mapped)."""
+    target = os.path.realpath(path)
+    total, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):       # a mapping header line
+                fields = line.split(None, 5)
+                inside = len(fields) == 6 and fields[5].strip() == target
+            elif inside and first == "Rss:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def measured(pid="self", model_path: str | None = None) -> Measured:
+    """Measure a process's memory now (default: this one).
+
+    Linux: /proc/PID/status for VmRSS, RssAnon, RssFile, RssShmem, VmSwap, VmHWM;
+    smaps_rollup for Pss; smaps for the resident part of model_path's mapping.
+    Elsewhere (macOS): psutil's rss, and ru_maxrss for the peak of this process;
+    the anon/file split is not available there.
+    """
+    status = f"/proc/{pid}/status"
+    if os.path.exists(status):
+        s = _proc_kb_fields(status)
+        m = Measured(rss=s["VmRSS"], rss_anon=s.get("RssAnon"), rss_file=s.get("RssFile"),
+                     rss_shmem=s.get("RssShmem"), swap=s.get("VmSwap"), peak_rss=s.get("VmHWM"))
+        try:
+            m.pss = _proc_kb_fields(f"/proc/{pid}/smaps_rollup").get("Pss")
+        except OSError:
+            pass
+        if model_path:
+            m.weights_resident = mapped_file_resident(model_path, pid)
+        return m
+    import psutil  # only where /proc is missing
+    proc = psutil.Process(None if pid == "self" else int(pid))
+    info = proc.memory_info()
+    peak = None
+    if pid == "self":
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = r if sys.platform == "darwin" else r * 1024   # bytes on macOS, KiB on Linux
+    return Measured(rss=info.rss, peak_rss=peak, source="psutil")
+
+
+def measure_runtime_baseline() -> int:
+    """Anonymous memory of the interpreter + numpy + numba, before any model is opened.
+
+    Call once at start-up, after importing numba, but before the GGUF is opened (the
+    parsed header is planned separately as metadata_objects), and pass the result to
+    MemoryPlan as runtime_baseline_bytes.  (`import numba` alone is ~90 MiB.)
+    """
+    m = measured()
+    return m.rss_anon if m.rss_anon is not None else m.rss
+
+
+# ---- the plan and the ledger ------------------------------------------------------------
+
+@dataclass
+class MemoryPlan:
+    """Planned memory for one model and settings, from the header alone (bytes)."""
+    model_path: str
+    shape: ModelShape
+    n_ctx: int
+    kv_type: str
+    n_batch: int
+    flash_attn: bool
+    n_tokens: int                       # tokens in the conversation: KV allocated for these
+    kv_chunk: int
+    weights_by_type: dict
+    weights_by_group: dict
+    kv_allocated: int                   # at n_tokens
+    kv_full: int                        # at n_ctx
+    scratch: dict
+    file_bytes: int = 0                 # the whole mapped file: header + tensor data
+    metadata_objects: int = 0           # metadata_object_bytes()
+    runtime_baseline: int = 0
+    all_logits: bool = False
+
+    @classmethod
+    def from_gguf(cls, g, n_ctx: int, kv_type: str = "f16", n_batch: int = 32,
+                  flash_attn: bool = True, n_tokens: int = 0, runtime_baseline_bytes: int = 0,
+                  kv_chunk: int = KV_CHUNK, all_logits: bool = False) -> "MemoryPlan":
+        shape = ModelShape.from_gguf(g)
+        return cls(
+            model_path=g.path, shape=shape, n_ctx=n_ctx, kv_type=kv_type, n_batch=n_batch,
+            flash_attn=flash_attn, n_tokens=n_tokens, kv_chunk=kv_chunk,
+            weights_by_type=weights_by_type(g), weights_by_group=weights_by_group(g),
+            kv_allocated=kv_cache_bytes(shape, n_ctx, kv_type, n_tokens, kv_chunk),
+            kv_full=kv_cache_bytes(shape, n_ctx, kv_type, None, kv_chunk),
+            scratch=scratch_bytes(shape, n_batch, n_ctx, flash_attn, all_logits),
+            file_bytes=g.file_size, metadata_objects=metadata_object_bytes(g),
+            runtime_baseline=runtime_baseline_bytes, all_logits=all_logits)
+
+    def at(self, n_tokens: int) -> "MemoryPlan":
+        """The same plan with the KV cache grown to hold n_tokens."""
+        return replace(self, n_tokens=n_tokens, kv_allocated=kv_cache_bytes(
+            self.shape, self.n_ctx, self.kv_type, n_tokens, self.kv_chunk))
+
+    @property
+    def weights(self) -> int:
+        return sum(self.weights_by_type.values())
+
+    @property
+    def scratch_total(self) -> int:
+        return sum(self.scratch.values())
+
+    @property
+    def anon(self) -> int:
+        """What should be anonymous memory: KV (as allocated) + scratch + metadata + runtime."""
+        return self.kv_allocated + self.scratch_total + self.metadata_objects + self.runtime_baseline
+
+    @property
+    def rss(self) -> int:
+        """Everything resident once every page of the model file has been touched."""
+        return self.file_bytes + self.anon
+
+
+def _mib(n) -> str:
+    return "-" if n is None else f"{n / MiB:,.1f}"
+
+
+def _mb(n) -> str:          # Ollama's decimal units, for the parts of its sums
+    return f"{n / 1e6:,.1f}"
+
+
+@dataclass
+class Ledger:
+    """Planned vs measured, and what Ollama would report for the same settings."""
+    plan: MemoryPlan
+    measured: Measured | None = None
+    ollama: list | None = None          # OllamaFigure per version band
+    ollama_settings: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        p, m = self.plan, self.measured
+        sh = p.shape
+        lines = [
+            f"memory: {os.path.basename(p.model_path)} ({sh.arch}, {sh.n_layer} layers, "
+            f"n_embd {sh.n_embd}, n_vocab {sh.n_vocab})",
+            f"settings: n_ctx {p.n_ctx}, KV {p.kv_type}, n_batch {p.n_batch}, flash attention "
+            f"{'on' if p.flash_attn else 'off'}, {p.n_tokens} tokens in the conversation",
+            "tinyllm units: MiB (2^20 bytes)",
+            "",
+            f"{'':38}{'planned':>10}{'measured':>10}",
+        ]
+
+        def row(label, planned, meas=None, note=""):
+            lines.append(f"{label:38}{_mib(planned):>10}{_mib(meas):>10}  {note}".rstrip())
+
+        row("model file (memory-mapped)", p.file_bytes, m.weights_resident if m else None,
+            "resident pages of the file" if m and m.weights_resident is not None else "")
+        lines.append(f"  header {_mib(p.file_bytes - p.weights)}, tensors {_mib(p.weights)}")
+        lines.append("  by type:  " + ", ".join(f"{k} {_mib(v)}" for k, v in p.weights_by_type.items()))
+        groups = dict(p.weights_by_group)
+        tied = "output" not in groups
+        lines.append("  by group: " + ", ".join(f"{k} {_mib(v)}" for k, v in groups.items())
+                     + (" (output tied to token_embd)" if tied else
+                        " (token_embd: only rows of tokens seen get paged in)"))
+        row(f"KV cache at {p.n_tokens} tokens", p.kv_allocated, None, "part of anonymous")
+        row(f"KV cache at full n_ctx {p.n_ctx}", p.kv_full)
+        row(f"scratch (n_batch {p.n_batch})", p.scratch_total, None, "part of anonymous")
+        row("metadata as Python objects (vocab)", p.metadata_objects, None, "part of anonymous")
+        row("runtime (Python, numpy, numba)", p.runtime_baseline or None, None,
+            "measured at start-up" if p.runtime_baseline else "not measured")
+        if m is not None:
+            row("anonymous", p.anon, m.rss_anon, "RssAnon")
+            other = None
+            if m.rss_file is not None:
+                other = m.rss_file - (m.weights_resident or 0)
+            row("other file-backed (libraries)", None, other, "RssFile minus the model file")
+            row("resident total", p.rss, m.rss, "VmRSS")
+            row("swap", None, m.swap, "VmSwap")
+            row("peak resident", None, m.peak_rss, "VmHWM")
+        else:
+            row("anonymous", p.anon)
+            row("resident total", p.rss)
+
+        if self.ollama:
+            s = self.ollama_settings
+            lines += ["",
+                      f"What `ollama ps` would show as SIZE for num_ctx {s.get('num_ctx', p.n_ctx)}, "
+                      f"num_parallel {s.get('num_parallel', 1)}, OLLAMA_KV_CACHE_TYPE="
+                      f"{s.get('kv_type', p.kv_type)}, OLLAMA_FLASH_ATTENTION="
+                      f"{ {'on': '1', 'off': '0'}.get(s.get('flash_attn'), 'unset')}",
+                      "Ollama units: decimal, as Ollama prints them (1 GB = 10^9 bytes, 1 MB = 10^6 bytes)",
+                      f"{'version band':24}{'SIZE':>9}   made of (MB)"]
+            notes: list[str] = []
+            for fig in self.ollama:
+                parts = " + ".join(f"{k} {_mb(v)}" for k, v in fig.parts.items() if v)
+                marks = ""
+                for note in fig.notes:
+                    if note not in notes:
+                        notes.append(note)
+                    marks += f" [{notes.index(note) + 1}]"
+                lines.append(f"{fig.band.label:24}{fig.printed:>9}   {parts}{marks}")
+            lines += [f"  [{i}] {note}" for i, note in enumerate(notes, 1)]
+        return "\n".join(lines)
+
+
+def ledger(g, n_ctx: int, kv_type: str = "f16", n_batch: int = 32, flash_attn: bool = True,
+           n_tokens: int = 0, runtime_baseline_bytes: int = 0, num_parallel: int = 1,
+           ollama_flash_attn: str | None = None, measure: bool = True,
+           kv_chunk: int = KV_CHUNK) -> Ledger:
+    """Plan + measurement of this process + Ollama's figures: what `tinyllm mem` prints.
+
+    ollama_flash_attn is OLLAMA_FLASH_ATTENTION as the user would set it ('on', 'off',
+    'auto'); by default it follows flash_attn ('on'/'off').  tinyllm's f32 cache has no
+    Ollama equivalent; Ollama is asked for f16 then.
+    """
+    plan = MemoryPlan.from_gguf(g, n_ctx, kv_type, n_batch, flash_attn, n_tokens,
+                                runtime_baseline_bytes, kv_chunk)
+    fa = ollama_flash_attn or ("on" if flash_attn else "off")
+    okv = kv_type if kv_type in ollama.OLLAMA_KV_BYTES and kv_type != "f32" else "f16"
+    model = ollama.OllamaModel.from_gguf(g)
+    figures = ollama.ollama_report(model, n_ctx, num_parallel, okv, fa)
+    return Ledger(plan, measured(model_path=g.path) if measure else None, figures,
+                  {"num_ctx": n_ctx, "num_parallel": num_parallel, "kv_type": okv, "flash_attn": fa})

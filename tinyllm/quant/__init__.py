@@ -1,0 +1,115 @@
+"""Quantized weight matrices: dequantize them, and multiply by them without dequantizing.
+
+    w = QTensor(gguf.raw(name), info.ggml_type, n_cols)   # zero-copy over the file map
+    y = linear(x, w)              # x (n_cols,) -> (n_rows,), or (T, n_cols) -> (T, n_rows)
+    e = w.rows(token_ids)         # embedding lookup: dequantizes just those rows
+
+One module per family of formats (float, q8_0, q4, q5, kquants, iq4) holds the
+block layout, a numpy reference dequantizer (bit-exact with gguf-py), the numpy
+matmul fallback, and the numba kernels.  activations.py rounds x the way
+llama.cpp does before each kind of dot product.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import TinyLLMError
+from ..jit import HAVE_NUMBA
+from . import float as _float, q4, q5, q8_0, kquants, iq4
+from .common import F16_TO_F32, QuantFormat
+
+# name -> QuantFormat, in the order they are listed to users
+FORMATS: dict[str, QuantFormat] = {}
+for _mod in (_float, q8_0, q4, q5, kquants, iq4):
+    for _f in _mod.FORMATS:
+        FORMATS[_f.name] = _f
+_BY_TYPE = {f.ggml_type: f for f in FORMATS.values()}
+
+
+def supported_types() -> list[str]:
+    return list(FORMATS)
+
+
+def _format(ggml_type: int) -> QuantFormat:
+    f = _BY_TYPE.get(int(ggml_type))
+    if f is None:
+        try:
+            from gguf import GGMLQuantizationType
+            name = GGMLQuantizationType(int(ggml_type)).name
+        except ValueError:
+            name = f"id {int(ggml_type)}"
+        raise TinyLLMError(f"tensor type {name} is not supported "
+                           f"(supported: {', '.join(supported_types())})")
+    return f
+
+
+def dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
+    """Numpy reference: uint8 (..., k * type_size) -> float32 (..., k * block_size)."""
+    f = _format(ggml_type)
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    if raw.shape[-1] % f.type_size:
+        raise ValueError(f"{f.name}: {raw.shape[-1]} bytes is not a whole number of blocks")
+    out = f.dequantize_blocks(raw.reshape(-1, f.type_size))
+    return out.reshape(*raw.shape[:-1], raw.shape[-1] // f.type_size * f.block_size)
+
+
+class QTensor:
+    """A 2-D weight matrix (n_rows, n_cols) stored in a ggml format, over the file's bytes."""
+
+    def __init__(self, raw: np.ndarray, ggml_type: int, n_cols: int):
+        f = _format(ggml_type)
+        n_cols = int(n_cols)
+        if n_cols % f.block_size:
+            raise TinyLLMError(f"{f.name} row of {n_cols} is not a multiple of {f.block_size}")
+        row_bytes = n_cols // f.block_size * f.type_size
+        raw = np.asarray(raw)
+        if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != row_bytes:
+            raw = raw.reshape(-1).view(np.uint8).reshape(-1, row_bytes)
+        self.raw = raw
+        self.fmt = f
+        self.ggml_type, self.type_name = f.ggml_type, f.name
+        self.n_rows, self.n_cols = raw.shape[0], n_cols
+        self.nbytes = raw.nbytes
+        self.shape = (self.n_rows, self.n_cols)
+        self._w = f.weight_view(raw)     # what the numba kernels read (a view)
+        self._matvec, self._matmul = f.matvec, f.matmul
+
+    def __repr__(self):
+        return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize(self.raw, self.ggml_type)
+
+    def rows(self, ids) -> np.ndarray:
+        """float32 (len(ids), n_cols): dequantize only the rows asked for (embedding lookup)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_rows):
+            raise IndexError(f"row id out of range 0..{self.n_rows - 1}")
+        return dequantize(self.raw[ids], self.ggml_type)
+
+
+def linear(x: np.ndarray, w: QTensor, out=None) -> np.ndarray:
+    """y = x @ W^T.   x (n_cols,) -> (n_rows,)   or   x (T, n_cols) -> (T, n_rows).
+
+    x is rounded to the weight type's activation format first (see activations.py)."""
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        if out is None:
+            out = np.empty(w.n_rows, np.float32)
+        if w._matvec is not None:
+            w._matvec(w._w, x, out, F16_TO_F32)
+        else:
+            out[:] = w.fmt.linear_np(w.raw, x[None, :])[0]
+        return out
+    if out is None:
+        out = np.empty((x.shape[0], w.n_rows), np.float32)
+    if w._matmul is not None:
+        w._matmul(w._w, x, out, F16_TO_F32)
+    else:
+        out[:] = w.fmt.linear_np(w.raw, x)
+    return out
+
+
+__all__ = ["QTensor", "linear", "dequantize", "supported_types", "FORMATS", "HAVE_NUMBA"]
