@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .jit import FASTMATH, HAVE_NUMBA, get_threads, njit, prange
-from .kvcache import KVView, dequantize_row
+from .kvcache import KVView, dequantize_cells
 from .ops import softmax
 
 TILE = 32          # KV cells per tile: K and V tiles of 32 x head_dim floats stay in L1
@@ -118,96 +118,94 @@ def flash_attention_np(q: np.ndarray, kv: KVView, pos: int, scale: float, window
 
 
 # ---- flash: numba -----------------------------------------------------------------------------
-@njit(fastmath=FASTMATH)
-def dot(a, b):
-    s = np.float32(0)
-    for i in range(a.shape[0]):
-        s += a[i] * b[i]
-    return s
-
+# The kernels index whole arrays instead of slicing rows out of them: a slice bumps the
+# array's reference count, an atomic op the threads would fight over in the inner loops.
 
 @njit(fastmath=FASTMATH)
-def load_tile(raw, g, c0, n, fmt, out):
-    """out[i] = row of KV head g at position c0 + i (cell (c0 + i) % n_cells), as float32."""
-    n_cells = raw.shape[0]
-    for i in range(n):
-        dequantize_row(raw[(c0 + i) % n_cells, g], fmt, out[i])
-
-
-@njit(fastmath=FASTMATH)
-def online_softmax_step(q, k, v, scale, m, l, o, s):
-    """Fold one tile into one query row.  q [Dk]; k [n, Dk], v [n, Dv]: the tile's visible
-    keys and values; m, l: running max and sum; o [Dv]: output accumulator (updated in
-    place); s [>= n]: scratch.  Returns the new (m, l)."""
-    n = k.shape[0]
+def online_softmax_step(q, r, k, v, a, b, scale, m, l, o, s):
+    """Fold tile rows a..b-1 (the keys k [TILE, Dk] and values v [TILE, Dv] that query row r
+    may see) into that row's state: m[r] running max, l[r] running sum, o[r] [Dv] output
+    accumulator.  q [n_rows, Dk]; s [TILE] scratch."""
     # S = q K^T * scale;   m_new = max(m, rowmax(S))
-    m_new = m
-    for i in range(n):
-        s[i] = dot(q, k[i]) * scale
+    m_new = m[r]
+    for i in range(a, b):
+        dot = np.float32(0)
+        for d in range(q.shape[1]):
+            dot += q[r, d] * k[i, d]
+        s[i] = dot * scale
         m_new = max(m_new, s[i])
-    # alpha = exp(m - m_new): what was summed under the old max, rescaled (0 on the first tile)
-    alpha = np.exp(m - m_new)
+    # alpha = exp(m - m_new) rescales what was summed under the old max (0 on the first tile)
+    alpha = np.exp(m[r] - m_new)
     # P = exp(S - m_new);   l = l * alpha + rowsum(P)
-    l = l * alpha
-    for i in range(n):
+    total = l[r] * alpha
+    for i in range(a, b):
         s[i] = np.exp(s[i] - m_new)
-        l += s[i]
+        total += s[i]
     # O = O * alpha + P V
-    for d in range(o.shape[0]):
-        o[d] *= alpha
-    for i in range(n):
+    for d in range(o.shape[1]):
+        o[r, d] *= alpha
+    for i in range(a, b):
         p = s[i]
-        for d in range(o.shape[0]):
-            o[d] += p * v[i, d]
-    return m_new, l
+        for d in range(o.shape[1]):
+            o[r, d] += p * v[i, d]
+    m[r], l[r] = m_new, total
 
 
 @njit(fastmath=FASTMATH)
-def attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, scale, window, m, l, o):
+def attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, scale, window,
+                 split, m_out, l_out, o_out):
     """Query rows t0..t1-1, all query heads of KV head g, against cells c_lo..c_hi-1.
-    Leaves the unnormalised state in m [T, H], l [T, H], o [T, H, Dv]: splits of the
-    KV range are merged later (merge_splits)."""
-    n_head = q.shape[1]
+    Writes the unnormalised state to m_out[split], l_out[split] [T, H] and o_out[split]
+    [T, H, Dv]: KV splits are merged afterwards (merge_splits)."""
+    n_head, dk, dv = q.shape[1], q.shape[2], o_out.shape[3]
     group = n_head // k_raw.shape[1]
-    h0 = g * group
-    k = np.empty((TILE, q.shape[2]), np.float32)
-    v = np.empty((TILE, o.shape[2]), np.float32)
+    n_rows = (t1 - t0) * group                    # row r: query t0 + r // group, head g*group + r % group
+    qr = np.empty((n_rows, dk), np.float32)
+    m = np.full(n_rows, -np.inf, np.float32)
+    l = np.zeros(n_rows, np.float32)
+    o = np.zeros((n_rows, dv), np.float32)
+    for r in range(n_rows):
+        for d in range(dk):
+            qr[r, d] = q[t0 + r // group, g * group + r % group, d]
+    k = np.empty((TILE, dk), np.float32)
+    v = np.empty((TILE, dv), np.float32)
     s = np.empty(TILE, np.float32)
-    for t in range(t0, t1):
-        for h in range(h0, h0 + group):
-            m[t, h], l[t, h] = -np.inf, 0.0
-            o[t, h, :] = 0.0
     for c0 in range(c_lo, c_hi, TILE):
         n = min(TILE, c_hi - c0)
-        load_tile(k_raw, g, c0, n, k_fmt, k)       # one dequantized tile serves every row and
-        load_tile(v_raw, g, c0, n, v_fmt, v)       # every head of the group
-        for t in range(t0, t1):
-            q_pos = pos + t
-            a = max(c0, q_pos - window + 1) if window > 0 else c0      # visible cells of this
-            b = min(c0 + n, q_pos + 1)                                 # tile for row t: a..b-1
-            if a >= b:
-                continue
-            for h in range(h0, h0 + group):
-                m[t, h], l[t, h] = online_softmax_step(q[t, h], k[a - c0:b - c0], v[a - c0:b - c0],
-                                                       scale, m[t, h], l[t, h], o[t, h], s)
+        dequantize_cells(k_raw, g, c0, n, k_fmt, k)     # one dequantized tile serves every
+        dequantize_cells(v_raw, g, c0, n, v_fmt, v)     # query row and head of the block
+        for r in range(n_rows):
+            q_pos = pos + t0 + r // group
+            a = max(c0, q_pos - window + 1) if window > 0 else c0      # the cells of this tile
+            b = min(c0 + n, q_pos + 1)                                 # row r sees: a..b-1
+            if a < b:
+                online_softmax_step(qr, r, k, v, a - c0, b - c0, scale, m, l, o, s)
+    for r in range(n_rows):
+        t, h = t0 + r // group, g * group + r % group
+        m_out[split, t, h], l_out[split, t, h] = m[r], l[r]
+        for d in range(dv):
+            o_out[split, t, h, d] = o[r, d]
 
 
 @njit(fastmath=FASTMATH)
-def merge_splits(m, l, o, out):
-    """Combine the states of one query row from KV splits s:  M = max_s m_s,
-    out = sum_s O_s exp(m_s - M) / sum_s l_s exp(m_s - M).  m, l [n_split]; o [n_split, Dv]."""
-    mx = m[0]
-    for s in range(1, m.shape[0]):
-        mx = max(mx, m[s])
-    out[:] = 0.0
-    total = np.float32(0)
-    for s in range(m.shape[0]):
-        w = np.exp(m[s] - mx) if m[s] > -np.inf else np.float32(0)
-        total += l[s] * w
-        for d in range(out.shape[0]):
-            out[d] += o[s, d] * w
-    for d in range(out.shape[0]):
-        out[d] /= total
+def merge_splits(m, l, o, t, out):
+    """Combine the KV splits' states of query row t, every head:  M = max_s m_s,
+    out = sum_s O_s exp(m_s - M) / sum_s l_s exp(m_s - M).
+    m, l [n_split, T, H]; o [n_split, T, H, Dv]; out [T, H, Dv]."""
+    for h in range(out.shape[1]):
+        mx = m[0, t, h]
+        for s in range(1, m.shape[0]):
+            mx = max(mx, m[s, t, h])
+        total = np.float32(0)
+        for d in range(out.shape[2]):
+            out[t, h, d] = 0.0
+        for s in range(m.shape[0]):
+            w = np.exp(m[s, t, h] - mx) if m[s, t, h] > -np.inf else np.float32(0)
+            total += l[s, t, h] * w
+            for d in range(out.shape[2]):
+                out[t, h, d] += o[s, t, h, d] * w
+        for d in range(out.shape[2]):
+            out[t, h, d] /= total
 
 
 @njit(inline="always")
@@ -238,10 +236,9 @@ def flash_kernel(q, k_raw, v_raw, k_fmt, v_fmt, first, pos, scale, window, n_spl
         t1 = min(T, t0 + BLOCK_Q)
         c_lo, c_hi = split_range(first, pos, t0, t1, window, s, n_split)
         attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, sc, window,
-                     m[s], l[s], o[s])
-    for th in prange(T * n_head):
-        t, h = th // n_head, th % n_head
-        merge_splits(m[:, t, h], l[:, t, h], o[:, t, h], out[t, h])
+                     s, m, l, o)
+    for t in prange(T):
+        merge_splits(m, l, o, t, out)
 
 
 def n_splits(T: int, n_head_kv: int, n_visible: int) -> int:

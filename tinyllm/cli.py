@@ -62,7 +62,10 @@ def _model_args(p, optional=False):
     else:
         p.add_argument("model", help="registry name or path to a .gguf file")
     p.add_argument("--ctx", "-c", type=int, default=None, help="context length in tokens (default 2048)")
-    p.add_argument("--kv-type", default="f16", choices=["f32", "f16"], help="KV cache storage type")
+    p.add_argument("--kv-type", default="f16", choices=["f32", "f16", "q8_0", "q4_0"],
+                   help="KV cache storage type (default f16)")
+    p.add_argument("--flash-attn", default="on", choices=["on", "off"],
+                   help="on: tiled attention, no score matrix; off: classic attention (default on)")
     _threads_arg(p)
 
 
@@ -171,6 +174,35 @@ def cmd_bench(args):
               f"tok/s ({args.n_gen} tokens) | peak RSS {res['peak_rss_mib']:.0f} MiB")
 
 
+def cmd_mem(args):
+    from . import memory
+    from .gguf_file import GGUFFile
+    from .registry import resolve
+    flash = args.flash_attn == "on"
+    if not args.run:
+        g = GGUFFile(resolve(args.model, pull_if_missing=True, log=log))
+        n_ctx = args.ctx or 2048
+        print(memory.ledger(g, n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_ctx,
+                            num_parallel=args.parallel, measure=False).table())
+        return
+    # --run: measure the runtime first (numba imported, no model yet), then load the
+    # model, fill the context with a prompt, and put planned and measured side by side.
+    from . import jit  # noqa: F401  (imports numba: part of the runtime baseline)
+    import numpy as np
+    baseline = memory.measure_runtime_baseline()
+    model, tok = open_model(args)
+    n_fill = min(args.fill or model.n_ctx, model.n_ctx)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(100, min(model.cfg.n_vocab, 30000), size=n_fill).tolist()
+    t0 = time.perf_counter()
+    for start in range(0, n_fill, args.n_batch):
+        model.forward(ids[start:start + args.n_batch], start)
+    log(f"filled {n_fill} tokens in {time.perf_counter() - t0:.1f} s")
+    print(memory.ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_fill,
+                        runtime_baseline_bytes=baseline, num_parallel=args.parallel,
+                        measure=True).table())
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tinyllm", description="Run quantized GGUF language models on the CPU.")
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -209,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", "-f", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_perplexity)
+
+    p = sub.add_parser("mem", help="where the memory goes: tinyllm's plan (and measurement) beside Ollama's numbers")
+    _model_args(p)
+    p.add_argument("--parallel", type=int, default=1, help="Ollama's num_parallel for its figures")
+    p.add_argument("--n-batch", type=int, default=256, help="tokens per prefill batch (scratch size)")
+    p.add_argument("--run", action="store_true", help="load the model, fill the context, measure")
+    p.add_argument("--fill", type=int, default=None, help="with --run: tokens to fill (default: --ctx)")
+    p.set_defaults(fn=cmd_mem)
 
     p = sub.add_parser("bench", help="prefill and decode speed")
     _model_args(p)

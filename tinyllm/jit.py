@@ -64,6 +64,20 @@ def get_threads() -> int:
     return numba.get_num_threads() if HAVE_NUMBA else 1
 
 
+def call_serial(kernel, *args):
+    """Run a parallel kernel on the calling thread only.  For small matrices waking
+    the other threads costs more than it saves (and far more when another process
+    holds a core: a sleeping worker can stall the call for a whole time slice)."""
+    n = numba.get_num_threads()
+    if n == 1:
+        return kernel(*args)
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(n)
+
+
 def _cache_is_warm(dispatchers) -> bool:
     """True when every kernel has an on-disk cache index newer than its source file."""
     for d in dispatchers:

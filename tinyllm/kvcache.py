@@ -29,7 +29,6 @@ Full layers use the same rule with n_cells >= positions stored, so p % n_cells =
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,60 +133,70 @@ def dequantize_rows_np(raw: np.ndarray, kv_type: str) -> np.ndarray:
 
 
 # ---- numba: the same, one row at a time ------------------------------------------------------
+# 2^(e - 25) for the f16 exponents e = 0..31 (e = 0 uses 2^-24, the subnormal step)
+F16_STEP = np.array([2.0 ** (max(e, 1) - 25) for e in range(32)], np.float32)
+
+
 @njit(inline="always")
 def f16_to_f32(lo, hi):
     """The f16 with bytes lo, hi (little-endian) as float32:
-    sign * (1024 + m) * 2^(e - 25) for e = 1..30, sign * m * 2^-24 for e = 0."""
-    h = np.int64(lo) | (np.int64(hi) << 8)
+    sign * (1024 + m) * 2^(e - 25) for e = 1..30, sign * m * 2^-24 for e = 0 (exact products)."""
+    h = np.int32(lo) | (np.int32(hi) << 8)
     e, m = (h >> 10) & 31, h & 1023
     if e == 31:
         v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-    elif e == 0:
-        v = np.float32(math.ldexp(np.float64(m), -24))
     else:
-        v = np.float32(math.ldexp(np.float64(m + 1024), e - 25))
+        v = np.float32(m + (1024 if e else 0)) * F16_STEP[e]
     return -v if h & 0x8000 else v
 
 
 @njit(fastmath=FASTMATH)
-def f16_row_to_f32(raw, out):
-    """uint8 [2n] (n f16) -> float32 out [n], vectorised with integer ops:
-    shifting the 15 low bits left by 13 lines the f16 exponent and mantissa up with
-    f32's; multiplying by 2^112 then moves the exponent bias from 15 to 127 (and turns
-    f16 subnormals into the right f32 normals).  Inf/nan get the all-ones exponent."""
-    h = raw.view(np.uint16)
-    bits = out.view(np.uint32)
-    for i in range(out.shape[0]):
-        bits[i] = (np.uint32(h[i]) & 0x7FFF) << 13
-    for i in range(out.shape[0]):
-        out[i] *= np.float32(5.192296858534828e+33)                      # 2^112
-    for i in range(out.shape[0]):
-        x = np.uint32(h[i])
-        b = bits[i] | 0x7F800000 if (x & 0x7C00) == 0x7C00 else bits[i]
-        bits[i] = b | ((x & 0x8000) << 16)
-
-
-@njit(fastmath=FASTMATH)
-def dequantize_row(raw, fmt, out):
-    """One cached row (a KV head at one position), uint8 [row_bytes] -> float32 out [n]."""
+def dequantize_cells(raw, g, c0, n, fmt, out):
+    """Rows of KV head g at positions c0..c0+n-1 (cells (c0 + i) % n_cells) -> float32 out[:n].
+    raw: uint8 [n_cells, n_head_kv, row_bytes].  Indexes whole arrays (no per-row slices:
+    each slice would bump the shared array's reference count, an atomic op that the
+    threads would fight over)."""
+    n_cells, dim = raw.shape[0], out.shape[1]
     if fmt == F32:
-        out[:] = raw.view(np.float32)
+        x = raw.view(np.float32)                                         # [n_cells, Hkv, dim]
+        for i in range(n):
+            c = (c0 + i) % n_cells
+            for j in range(dim):
+                out[i, j] = x[c, g, j]
     elif fmt == F16:
-        f16_row_to_f32(raw, out)
+        # Shifting an f16's 15 low bits left by 13 lines its exponent and mantissa up with
+        # f32's; multiplying by 2^112 then moves the exponent bias from 15 to 127 (and turns
+        # f16 subnormals into the right f32 normals).  Inf/nan get the all-ones exponent.
+        h = raw.view(np.uint16)                                          # [n_cells, Hkv, dim]
+        bits = out.view(np.uint32)
+        for i in range(n):
+            c = (c0 + i) % n_cells
+            for j in range(dim):
+                bits[i, j] = (np.uint32(h[c, g, j]) & 0x7FFF) << 13
+            for j in range(dim):
+                out[i, j] *= np.float32(5.192296858534828e+33)             # 2^112
+            for j in range(dim):
+                x = np.uint32(h[c, g, j])
+                b = bits[i, j] | 0x7F800000 if (x & 0x7C00) == 0x7C00 else bits[i, j]
+                bits[i, j] = b | ((x & 0x8000) << 16)
     elif fmt == Q8_0:
-        for b in range(out.shape[0] // QK):
-            o = b * (2 + QK)
-            d = f16_to_f32(raw[o], raw[o + 1])
-            for j in range(QK):
-                out[b * QK + j] = d * np.float32(np.int8(raw[o + 2 + j]))
+        for i in range(n):
+            c = (c0 + i) % n_cells
+            for b in range(dim // QK):
+                o = b * (2 + QK)
+                d = f16_to_f32(raw[c, g, o], raw[c, g, o + 1])
+                for j in range(QK):
+                    out[i, b * QK + j] = d * np.float32(np.int8(raw[c, g, o + 2 + j]))
     else:
-        for b in range(out.shape[0] // QK):
-            o = b * (2 + QK // 2)
-            d = f16_to_f32(raw[o], raw[o + 1])
-            for j in range(QK // 2):
-                q = np.int32(raw[o + 2 + j])
-                out[b * QK + j] = d * np.float32((q & 15) - 8)
-                out[b * QK + QK // 2 + j] = d * np.float32((q >> 4) - 8)
+        for i in range(n):
+            c = (c0 + i) % n_cells
+            for b in range(dim // QK):
+                o = b * (2 + QK // 2)
+                d = f16_to_f32(raw[c, g, o], raw[c, g, o + 1])
+                for j in range(QK // 2):
+                    q = np.int32(raw[c, g, o + 2 + j])
+                    out[i, b * QK + j] = d * np.float32((q & 15) - 8)
+                    out[i, b * QK + QK // 2 + j] = d * np.float32((q >> 4) - 8)
 
 
 # Quantizers run without fastmath: every rounding must be the reference's.

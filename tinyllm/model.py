@@ -181,7 +181,7 @@ class Weights:
 class Model:
     """Config + weights (memory-mapped) + KV cache: everything one conversation needs."""
 
-    def __init__(self, path: str, n_ctx: int | None = None, kv_type: str = "f16"):
+    def __init__(self, path: str, n_ctx: int | None = None, kv_type: str = "f16", flash_attn: bool = True):
         self.gguf = GGUFFile(path)
         self.path = path
         self.cfg = Config.from_gguf(self.gguf)
@@ -191,7 +191,9 @@ class Model:
         if n_ctx <= 0:
             raise TinyLLMError(f"context length must be positive, got {n_ctx}")
         self.cache = KVCache(self.cfg.n_layer, self.cfg.n_head_kv, self.cfg.head_dim,
-                             self.cfg.head_dim_v, n_ctx, kv_type)
+                             self.cfg.head_dim_v, n_ctx, kv_type,
+                             windows=[self.cfg.layer_window(il) for il in range(self.cfg.n_layer)],
+                             flash_attn=flash_attn)
 
     def reset(self) -> None:
         self.cache.truncate(0)
@@ -236,7 +238,7 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         k = rope(k, cos, sin, cfg.rope_neox)
         cache.store(il, pos, k, v)
         n_kv = pos + T
-        a = attention(q, cache.keys(il, n_kv), cache.values(il, n_kv), pos, cfg.attn_scale, window)
+        a = attention(q, cache.view(il, n_kv), pos, cfg.attn_scale, window, cache.flash_attn)
         a = linear(a.reshape(T, H * cfg.head_dim_v), L.wo)             # [T, E]
         if L.post_attn_norm is not None:
             a = rms_norm(a, L.post_attn_norm, cfg.norm_eps)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TinyLLMError
-from ..jit import HAVE_NUMBA
+from ..jit import HAVE_NUMBA, call_serial
 from . import float as _float, q4, q5, q8_0, kquants, iq4
 from .common import F16_TO_F32, QuantFormat
 
@@ -25,6 +25,10 @@ for _mod in (_float, q8_0, q4, q5, kquants, iq4):
     for _f in _mod.FORMATS:
         FORMATS[_f.name] = _f
 _BY_TYPE = {f.ggml_type: f for f in FORMATS.values()}
+
+# Matrices smaller than this run single-threaded in decode: a parallel launch costs
+# several microseconds, about the time one core needs to stream this many bytes.
+SERIAL_BELOW_BYTES = 128 * 1024
 
 
 def supported_types() -> list[str]:
@@ -99,7 +103,10 @@ def linear(x: np.ndarray, w: QTensor, out=None) -> np.ndarray:
         if out is None:
             out = np.empty(w.n_rows, np.float32)
         if w._matvec is not None:
-            w._matvec(w._w, x, out, F16_TO_F32)
+            if w.nbytes < SERIAL_BELOW_BYTES:
+                call_serial(w._matvec, w._w, x, out, F16_TO_F32)
+            else:
+                w._matvec(w._w, x, out, F16_TO_F32)
         else:
             out[:] = w.fmt.linear_np(w.raw, x[None, :])[0]
         return out

@@ -1,1 +1,162 @@
-FORMATS = []
+"""IQ4_NL and IQ4_XS: 4-bit indices into a fixed non-linear table of 16 int8 levels.
+
+    KVALUES = -127 -104 -83 -65 -49 -35 -22 -10 1 13 25 38 53 69 89 113
+    (denser near zero, where most weights are)
+
+    IQ4_NL (18 bytes):  d f16 | qs[16]        w = d * KVALUES[q]
+        nibbles as Q4_0: low = elements 0..15, high = 16..31.  Activations Q8_0.
+    IQ4_XS (136 bytes): d f16 | scales_h u16 | scales_l[4] | qs[128]
+        8 sub-blocks of 32; sub-block j's 6-bit scale = nibble j%2 of scales_l[j/2]
+        | bits 2j..2j+1 of scales_h << 4, minus 32;  qs[16j..16j+15] nibbles as above.
+        w = d * (scale_j - 32) * KVALUES[q].  Activations Q8_K.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..jit import FASTMATH, njit, prange
+from .activations import (QK, QK_K, linear_q8_0_act, linear_q8_K_act, quantize_q8_0,
+                          quantize_q8_K)
+from .common import QuantFormat, f16_at, f16_field, n_chunks, nibbles, row_chunks
+from .matmul import chunk_rows, quantize_rows_q8_0, quantize_rows_q8_K
+
+KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                   dtype=np.float32)
+SIZE_NL, SIZE_XS = 18, 136
+
+
+# ---- numpy -------------------------------------------------------------------------------------
+def dequantize_iq4_nl(blocks):
+    return f16_field(blocks, 0)[:, None] * KVALUES[nibbles(blocks[:, 2:])]
+
+
+def unpack_iq4_nl(raw):
+    b = raw.reshape(-1, SIZE_NL)
+    q = KVALUES[nibbles(b[:, 2:])].reshape(raw.shape[0], -1, QK)
+    return q, f16_field(b, 0).reshape(raw.shape[0], -1)
+
+
+def linear_iq4_nl(raw, x):
+    n_cols = raw.shape[1] // SIZE_NL * QK
+    return linear_q8_0_act(unpack_iq4_nl, raw, x, row_chunks(raw.shape[0], n_cols, x.shape[0]))
+
+
+def _scales_xs(blocks):
+    """(n, 136) -> (n, 8) int8 sub-block scales (already minus 32)."""
+    h = blocks[:, 2].astype(np.uint16) | (blocks[:, 3].astype(np.uint16) << 8)
+    high = (h[:, None] >> (2 * np.arange(8, dtype=np.uint16))) & 3
+    low = np.stack([blocks[:, 4:8] & 15, blocks[:, 4:8] >> 4], axis=-1).reshape(-1, 8)
+    return (low | (high.astype(np.uint8) << 4)).astype(np.int8) - np.int8(32)
+
+
+def unpack_iq4_xs_blocks(blocks):
+    n = blocks.shape[0]
+    q = KVALUES[nibbles(blocks[:, 8:].reshape(n, 8, 16))]                        # (n, 8, 32)
+    return q, _scales_xs(blocks), f16_field(blocks, 0), None, None
+
+
+def dequantize_iq4_xs(blocks):
+    q, sc, d, _, _ = unpack_iq4_xs_blocks(blocks)
+    return ((d[:, None] * sc.astype(np.float32))[..., None] * q).reshape(-1, QK_K)
+
+
+def linear_iq4_xs(raw, x):
+    def by_rows(r):
+        q, sc, d, _, _ = unpack_iq4_xs_blocks(r.reshape(-1, SIZE_XS))
+        R = r.shape[0]
+        return q.reshape(R, -1, 8, 32), sc.reshape(R, -1, 8), d.reshape(R, -1), None, None
+    n_cols = raw.shape[1] // SIZE_XS * QK_K
+    return linear_q8_K_act(by_rows, raw, x, row_chunks(raw.shape[0], n_cols, x.shape[0]))
+
+
+# ---- numba -------------------------------------------------------------------------------------
+@njit(fastmath=FASTMATH)
+def dot_iq4_nl(row, xq, xd, lut, kv, acc):
+    acc[:] = 0.0
+    for b in range(xd.shape[0]):
+        o = b * SIZE_NL
+        s = f16_at(row, o, lut) * xd[b]
+        x0 = b * QK
+        for k in range(16):
+            v = row[o + 2 + k]
+            acc[k] += s * (kv[v & 15] * xq[x0 + k])
+            acc[16 + k] += s * (kv[v >> 4] * xq[x0 + 16 + k])
+    return acc.sum()
+
+
+@njit(fastmath=FASTMATH)
+def dot_iq4_xs(row, xq, xd, lut, kv, acc):
+    acc[:] = 0.0
+    for B in range(xd.shape[0]):
+        o = B * SIZE_XS
+        d = f16_at(row, o, lut) * xd[B]
+        sh = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
+        for j in range(8):
+            low = (np.int32(row[o + 4 + j // 2]) >> (4 * (j % 2))) & 15
+            s = d * np.float32((low | (((sh >> (2 * j)) & 3) << 4)) - 32)
+            q0, x0 = o + 8 + 16 * j, B * QK_K + 32 * j
+            for k in range(16):
+                v = row[q0 + k]
+                acc[k] += s * (kv[v & 15] * xq[x0 + k])
+                acc[16 + k] += s * (kv[v >> 4] * xq[x0 + 16 + k])
+    return acc.sum()
+
+
+@njit(parallel=True)
+def matvec_iq4_nl(w, x, y, lut):
+    xq = np.empty(x.shape[0], np.float32)
+    xd = np.empty(x.shape[0] // QK, np.float32)
+    quantize_q8_0(x, xq, xd)
+    kv = KVALUES.copy()
+    nc = n_chunks(w.shape[0])
+    for c in prange(nc):
+        acc = np.empty(32, np.float32)
+        for r in chunk_rows(c, nc, w.shape[0]):
+            y[r] = dot_iq4_nl(w[r], xq, xd, lut, kv, acc)
+
+
+@njit(parallel=True)
+def matmul_iq4_nl(w, x, y, lut):
+    xq, xd = quantize_rows_q8_0(x)
+    kv = KVALUES.copy()
+    nc = n_chunks(w.shape[0])
+    for c in prange(nc):
+        acc = np.empty(32, np.float32)
+        for r in chunk_rows(c, nc, w.shape[0]):
+            for t in range(x.shape[0]):
+                y[t, r] = dot_iq4_nl(w[r], xq[t], xd[t], lut, kv, acc)
+
+
+@njit(parallel=True)
+def matvec_iq4_xs(w, x, y, lut):
+    xq = np.empty(x.shape[0], np.float32)
+    xd = np.empty(x.shape[0] // QK_K, np.float32)
+    xbsum = np.empty(x.shape[0] // 16, np.float32)
+    quantize_q8_K(x, xq, xd, xbsum)
+    kv = KVALUES.copy()
+    nc = n_chunks(w.shape[0])
+    for c in prange(nc):
+        acc = np.empty(32, np.float32)
+        for r in chunk_rows(c, nc, w.shape[0]):
+            y[r] = dot_iq4_xs(w[r], xq, xd, lut, kv, acc)
+
+
+@njit(parallel=True)
+def matmul_iq4_xs(w, x, y, lut):
+    xq, xd, _ = quantize_rows_q8_K(x)
+    kv = KVALUES.copy()
+    nc = n_chunks(w.shape[0])
+    for c in prange(nc):
+        acc = np.empty(32, np.float32)
+        for r in chunk_rows(c, nc, w.shape[0]):
+            for t in range(x.shape[0]):
+                y[t, r] = dot_iq4_xs(w[r], xq[t], xd[t], lut, kv, acc)
+
+
+FORMATS = [
+    QuantFormat("IQ4_NL", 20, QK, SIZE_NL, "q8_0", dequantize_iq4_nl, linear_iq4_nl,
+                matvec_iq4_nl, matmul_iq4_nl),
+    QuantFormat("IQ4_XS", 23, QK_K, SIZE_XS, "q8_K", dequantize_iq4_xs, linear_iq4_xs,
+                matvec_iq4_xs, matmul_iq4_xs),
+]

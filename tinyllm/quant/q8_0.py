@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import FASTMATH, njit, prange
-from .activations import linear_q8_0_act, quantize_q8_0, quantize_q8_0_np  # noqa: F401
+from .activations import linear_q8_0_act, quantize_q8_0
 from .common import QuantFormat, f16_at, f16_field, n_chunks, row_chunks
 from .matmul import chunk_rows, quantize_rows_q8_0
 

@@ -1,0 +1,290 @@
+"""tinyllm.quant against gguf-py's dequantizer and against its own numpy references.
+
+- dequantize(): bit-exact with gguf.quants.dequantize, on random blocks (scales
+  include 0, subnormals, the f16 maximum and negatives) and on real model tensors.
+- linear(): the numba kernels equal the numpy path that rounds activations the same
+  way (tight), and are close to dequantize(W) @ x (loose: 8-bit activations).
+- TINYLLM_NO_NUMBA=1 gives the same numbers; unknown types fail with one clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, quants
+
+from tinyllm import jit
+from tinyllm.errors import TinyLLMError
+from tinyllm.gguf_file import GGUFFile
+from tinyllm.quant import FORMATS, QTensor, dequantize, linear, supported_types
+from tinyllm.quant import activations as act
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "smollm2": ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma3": ROOT / "models" / "gemma-3-270m-q4_k_m.gguf",
+}
+BLOCK_TYPES = [n for n in supported_types() if FORMATS[n].block_size > 1]
+# byte offsets of each type's f16 scale fields inside a block
+F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
+              "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+              "IQ4_NL": [0], "IQ4_XS": [0]}
+
+
+def random_blocks(name: str, n_blocks: int, rng, extreme: bool = False) -> np.ndarray:
+    """Random bytes for n_blocks blocks with finite f16 scales.  extreme=True mixes in
+    zero, negative, subnormal and largest-f16 scales."""
+    f = FORMATS[name]
+    if f.block_size == 1:   # float types: random finite values
+        v = rng.standard_normal(n_blocks) * 10.0 ** rng.integers(-6, 4, n_blocks)
+        dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.float32}[name]
+        b = v.astype(dtype).view(np.uint8).reshape(n_blocks, -1)
+        return np.ascontiguousarray(b[:, 2:] if name == "BF16" else b)   # bf16: top halves
+    blocks = rng.integers(0, 256, (n_blocks, f.type_size), dtype=np.uint8)
+    for o in F16_FIELDS[name]:
+        d = (rng.standard_normal(n_blocks) * 0.02).astype(np.float16)
+        if extreme:
+            specials = np.array([0.0, -0.0, 65504.0, -65504.0, 6e-8, -6e-8, 1e-5, 1.0],
+                                dtype=np.float16)
+            pick = rng.integers(0, 3, n_blocks) == 0
+            d[pick] = specials[rng.integers(0, len(specials), pick.sum())]
+        blocks[:, o:o + 2] = d.view(np.uint8).reshape(-1, 2)
+    return blocks
+
+
+def gguf_dequantize(raw, name):
+    return np.asarray(quants.dequantize(raw, GGMLQuantizationType[name]), dtype=np.float32)
+
+
+def assert_bit_exact(mine, ref):
+    assert mine.shape == ref.shape and mine.dtype == np.float32
+    # compare bit patterns: exact, and nan == nan
+    mismatch = mine.view(np.uint32) != ref.view(np.uint32)
+    assert not mismatch.any(), f"{mismatch.sum()} of {mine.size} values differ"
+
+
+# ---- dequantization --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", supported_types())
+@pytest.mark.parametrize("extreme", [False, True])
+def test_dequantize_random_blocks_bit_exact(name, extreme):
+    rng = np.random.default_rng(hash((name, extreme)) % 2**32)
+    raw = random_blocks(name, 512, rng, extreme).reshape(8, -1)   # 8 rows of 64 blocks
+    assert_bit_exact(dequantize(raw, FORMATS[name].ggml_type), gguf_dequantize(raw, name))
+
+
+def _model_tensors():
+    """(model, tensor name) for the first two tensors of each type in each model."""
+    out = []
+    for model, path in MODELS.items():
+        g = GGUFFile(path)
+        seen: dict[str, int] = {}
+        for t in g.tensors.values():
+            if seen.get(t.type_name, 0) < 2 and len(t.ne) == 2:
+                seen[t.type_name] = seen.get(t.type_name, 0) + 1
+                out.append((model, t.name))
+        g.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {m: GGUFFile(p) for m, p in MODELS.items()}
+
+
+@pytest.mark.parametrize("model,tensor", _model_tensors())
+def test_dequantize_real_tensors_bit_exact(models, model, tensor):
+    g = models[model]
+    info = g.tensors[tensor]
+    raw = g.raw(tensor)[:4096]          # the 262144-row embeddings: a slice is enough
+    assert_bit_exact(dequantize(raw, info.ggml_type), gguf_dequantize(raw, info.type_name))
+
+
+def test_rows_is_an_embedding_lookup(models):
+    g = models["smollm2"]
+    info = g.tensors["token_embd.weight"]
+    w = QTensor(g.raw("token_embd.weight"), info.ggml_type, info.ne[0])
+    ids = [0, 1, 49151, 7, 7]
+    expect = gguf_dequantize(g.raw("token_embd.weight")[ids], info.type_name)
+    assert_bit_exact(w.rows(ids), expect)
+    assert w.shape == (49152, 576) and w.nbytes == info.n_bytes
+    with pytest.raises(IndexError):
+        w.rows([49152])
+
+
+# ---- activation rounding ---------------------------------------------------------------------
+@pytest.mark.skipif(not jit.HAVE_NUMBA, reason="the numba-side rounding")
+def test_round_to_f16_matches_numpy():
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.standard_normal(20000) * 10.0 ** rng.integers(-9, 6, 20000),
+                        [0.0, 65504.0, 65519.0, 65520.0, 1e6, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26,
+                         2.0 ** -14 * 1.5, np.inf, -np.inf]]).astype(np.float32)
+    mine = np.array([act.round_to_f16(x) for x in v], dtype=np.float32)
+    with np.errstate(over="ignore"):
+        assert_bit_exact(mine, v.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.skipif(not jit.HAVE_NUMBA, reason="compares numba with numpy")
+def test_activation_quantizers_numba_equal_numpy():
+    from tinyllm.quant.matmul import quantize_rows_q8_0, quantize_rows_q8_1, quantize_rows_q8_K
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3, 512)) * 3).astype(np.float32)
+    x[0, :32] = 0.0                        # an all-zero block
+    x[1, 5] = 0.5 / (127 / np.abs(x[1, :32]).max())   # near a rounding tie
+    for nb_fn, np_fn in [(quantize_rows_q8_0, act.quantize_q8_0_np),
+                         (quantize_rows_q8_1, act.quantize_q8_1_np)]:
+        got, ref = nb_fn(x), np_fn(x)
+        assert_bit_exact(got[0], ref[0].reshape(3, 512))
+        for a, b in zip(got[1:], ref[1:]):
+            assert_bit_exact(a, b)
+    xq, xd, xbsum = quantize_rows_q8_K(x)
+    q, d, bs = act.quantize_q8_K_np(x)
+    assert_bit_exact(xq, q.reshape(3, 512))
+    assert_bit_exact(xd, d)
+    assert_bit_exact(xbsum, bs.reshape(3, -1).astype(np.float32))
+    assert q.max() <= 127 and q.min() >= -127
+
+
+def test_q8_0_activation_rounding_follows_llama_cpp():
+    # amax 127 -> d = 1 exactly; 2.5 rounds away from zero (C roundf), not to even
+    x = np.zeros((1, 32), np.float32)
+    x[0, :4] = [127.0, 2.5, -2.5, 0.49]
+    q, d = act.quantize_q8_0_np(x)
+    assert d[0, 0] == 1.0 and list(q[0, 0, :4]) == [127, 3, -3, 0]
+    # Q8_K: scale -127/max, ties to even
+    x = np.zeros((1, 256), np.float32)
+    x[0, :3] = [127.0, 2.5, 3.5]
+    q, d, _ = act.quantize_q8_K_np(x)
+    assert d[0, 0] == -1.0 and list(q[0, 0, :3]) == [-127, -2, -4]
+
+
+# ---- matvec / matmul -------------------------------------------------------------------------
+def weights(name, n_rows, n_cols, rng):
+    """Realistic weights: gguf's quantizer where it has one, else random blocks."""
+    f = FORMATS[name]
+    try:
+        w = rng.standard_normal((n_rows, n_cols)).astype(np.float32) * 0.05
+        raw = np.asarray(quants.quantize(w, GGMLQuantizationType[name])).view(np.uint8)
+        return np.ascontiguousarray(raw.reshape(n_rows, -1))
+    except NotImplementedError:
+        nb = n_rows * n_cols // f.block_size
+        return random_blocks(name, nb, rng).reshape(n_rows, -1)
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("name", supported_types())
+def test_linear_matches_references(name):
+    rng = np.random.default_rng(sum(map(ord, name)))
+    f = FORMATS[name]
+    n_cols = 512 if f.block_size == 256 else 160
+    w = QTensor(weights(name, 67, n_cols, rng), f.ggml_type, n_cols)
+    x = rng.standard_normal((5, n_cols)).astype(np.float32)
+    y1 = linear(x[0], w)                       # decode: matvec
+    yT = linear(x, w)                          # prefill: matmul
+    assert y1.shape == (67,) and yT.shape == (5, 67)
+    same_rounding = f.linear_np(w.raw, x)      # numpy, same activation quantization
+    assert rel_err(y1, same_rounding[0]) < 2e-6
+    assert rel_err(yT, same_rounding) < 2e-6
+    exact = x @ w.dequantize().T               # float64-free plain float reference
+    tol = {"f32": 1e-6, "f16": 2e-3, "bf16": 2e-2}.get(f.act, 3e-2)
+    assert rel_err(yT, exact) < tol
+    out = np.full(67, np.nan, np.float32)
+    assert linear(x[0], w, out=out) is out and np.array_equal(out, y1)
+
+
+def test_linear_on_real_layers(models):
+    """One matrix of every type in the two models, decode and prefill."""
+    rng = np.random.default_rng(3)
+    cases = [("smollm2", "blk.0.ffn_down.weight"), ("smollm2", "token_embd.weight"),
+             ("gemma3", "blk.0.attn_q.weight"), ("gemma3", "blk.0.attn_output.weight"),
+             ("gemma3", "blk.0.ffn_down.weight"), ("gemma3", "blk.0.attn_v.weight")]
+    for model, name in cases:
+        g = models[model]
+        info = g.tensors[name]
+        raw = g.raw(name)[:3000]
+        w = QTensor(raw, info.ggml_type, info.ne[0])
+        x = rng.standard_normal((2, info.ne[0])).astype(np.float32)
+        y = linear(x, w)
+        assert rel_err(linear(x[1], w), w.fmt.linear_np(w.raw, x[1:])[0]) < 2e-6, name
+        assert rel_err(y, w.fmt.linear_np(w.raw, x)) < 2e-6, name
+        assert rel_err(y, x @ gguf_dequantize(raw, info.type_name).T) < 3e-2, name
+
+
+# ---- the no-numba fallback -------------------------------------------------------------------
+FALLBACK_SCRIPT = r"""
+import json, sys
+import numpy as np
+from tinyllm import jit
+from tinyllm.quant import FORMATS, QTensor, linear
+assert jit.HAVE_NUMBA is False
+out = {}
+for name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
+    w = QTensor(np.load(raw_path), FORMATS[name].ggml_type, n_cols)
+    x = np.load(x_path)
+    out[name] = [linear(x[0], w).tolist(), linear(x, w).tolist()]
+print(json.dumps(out))
+"""
+
+
+def test_no_numba_fallback_gives_the_same_numbers(tmp_path):
+    rng = np.random.default_rng(4)
+    jobs, expect = [], {}
+    for name in supported_types():
+        f = FORMATS[name]
+        n_cols = 512 if f.block_size == 256 else 96
+        raw = weights(name, 9, n_cols, rng)
+        x = rng.standard_normal((3, n_cols)).astype(np.float32)
+        np.save(tmp_path / f"{name}.w.npy", raw)
+        np.save(tmp_path / f"{name}.x.npy", x)
+        jobs.append((name, str(tmp_path / f"{name}.w.npy"), n_cols, str(tmp_path / f"{name}.x.npy")))
+        w = QTensor(raw, f.ggml_type, n_cols)
+        expect[name] = (linear(x[0], w), linear(x, w))
+    env = dict(os.environ, TINYLLM_NO_NUMBA="1")
+    res = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, json.dumps(jobs)], env=env,
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert set(got) == set(supported_types())
+    for name, (y1, yT) in expect.items():
+        assert rel_err(np.array(got[name][0], np.float32), y1) < 2e-6, name
+        assert rel_err(np.array(got[name][1], np.float32), yT) < 2e-6, name
+
+
+def test_no_numba_env_really_disables_numba():
+    code = "import sys; from tinyllm import jit, quant; print(jit.HAVE_NUMBA, 'numba' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TINYLLM_NO_NUMBA="1"),
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.stdout.split() == ["False", "False"], res.stderr
+
+
+# ---- errors and warm-up ----------------------------------------------------------------------
+@pytest.mark.parametrize("ggml_type,shown", [(16, "IQ2_XXS"), (9, "Q8_1"), (99, "id 99")])
+def test_unsupported_type_is_one_clear_error(ggml_type, shown):
+    with pytest.raises(TinyLLMError) as e:
+        QTensor(np.zeros((2, 66), np.uint8), ggml_type, 256)
+    msg = str(e.value)
+    assert f"tensor type {shown} is not supported" in msg and "Q4_K" in msg and "\n" not in msg
+
+
+def test_warmup_announces_a_cold_cache_once(tmp_path):
+    code = ("from tinyllm import jit; import numpy as np; from tinyllm.quant import QTensor, linear;"
+            "jit.warmup(['Q8_0'], log=lambda s: print('LOG', s))")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("TINYLLM_NO_NUMBA", None)
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           cwd=ROOT, timeout=120)
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    if not jit.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    assert "LOG compiling numba kernels for Q8_0 (first run only; cached in" in first.stdout
+    assert "LOG" not in second.stdout
