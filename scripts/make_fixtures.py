@@ -44,7 +44,7 @@ N_GREEDY = 32
 # Gemma's 262144-token rows are 1 MiB each in float32: keep only the largest
 # TOPK logits (exact float32) plus the full row's logsumexp. The probability
 # left outside the top-K is recorded per row so tests know their error bound.
-TOPK = 16384
+TOPK = 32768
 
 MODELS = {
     "smollm2-135m": {
@@ -373,6 +373,16 @@ def make_logits_and_greedy(name, spec, f32_path):
         "prompts": [],
         "format": None,
         "checks": {},
+        "checks_doc": (
+            "Cross-checks of llama.cpp against itself, per file kind. lowlevel_vs_highlevel: raw "
+            "llama_decode vs Llama.eval. logits_all_vs_last_only: a context computing every row vs "
+            "only the last. tokenwise_vs_batch_*: the prompt fed one token per decode (the path "
+            "generation takes) vs as one batch, per prompt. For quantized weights llama.cpp "
+            "rounds activations to 8 bits inside each matmul, so ulp-level differences upstream "
+            "flip int8 roundings and grow to ~1 logit / KL ~1e-3..1e-2: that is the agreement "
+            "floor for any other implementation against logits_q. With F32 weights the floor "
+            "is ~0.01 logit / KL ~1e-6 (F16 KV cache, kernel summation order)."
+        ),
     }
     greedy_out = {
         "model_file": spec["file"],
@@ -382,7 +392,11 @@ def make_logits_and_greedy(name, spec, f32_path):
         "method": (
             "eval(prompt) then repeat N times: tok = argmax(last logits); "
             "margin = top1 - top2 logit; eval([tok]) with the KV cache. "
-            "Generation does not stop at end-of-generation tokens."
+            "Generation does not stop at end-of-generation tokens. batched_vs_incremental_*: "
+            "the same positions recomputed in one batched decode of prompt + tokens; with "
+            "quantized weights llama.cpp's two paths differ by up to ~2.6 logits (8-bit "
+            "activation rounding amplifies ulp differences), so tokens_q are only reproducible "
+            "while margins_q exceed that; tokens_f32 paths agree to ~0.06 logit."
         ),
         "prompts": [],
     }
@@ -478,7 +492,9 @@ def store_rows(npz, meta, kind, rows, lses, argmaxes, fmt):
             "tail_prob[<q|f32>][i] = probability mass outside the top K. "
             "KL(llama.cpp || other) = sum_topK p (log p - log q) + p_tail log(p_tail / q_tail), where "
             "q_tail = 1 - sum_topK q; this lumped tail term under-estimates the true tail contribution "
-            "by at most p_tail * (KL within the tail), i.e. far below 1e-5 when p_tail is small."
+            "by p_tail * (KL within the tail), a relative error of at most ~p_tail. Measured on "
+            "these rows: lumped KL(q||f32) is within 0.01% of the exact value for the plain and "
+            "code prompts and 1.2% low for the chat prompt (p_tail 5.6e-3)."
         ),
     }
 

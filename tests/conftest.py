@@ -41,3 +41,12 @@ def run_cli(*args, input=None, timeout=600, env=None):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "tinyllm", *map(str, args)], input=input,
                           capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_path):
+    """(Model, Tokenizer) for Gemma 3 270M with a 2048-token context."""
+    from tinyllm.model import Model
+    from tinyllm.tokenizer import Tokenizer
+    m = Model(gemma3_path, n_ctx=2048)
+    return m, Tokenizer.from_gguf(m.gguf)

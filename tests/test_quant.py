@@ -117,6 +117,28 @@ def test_rows_is_an_embedding_lookup(models):
         w.rows([49152])
 
 
+@pytest.mark.skipif(not jit.HAVE_NUMBA, reason="the numba unpackers")
+@pytest.mark.parametrize("name", [n for n in BLOCK_TYPES])
+def test_kernel_unpack_row_is_the_dequantization(name):
+    """The numba kernel multiplies by exactly the weights dequantize() gives (Q4_1/Q5_1:
+    d*q, with the offsets m kept apart for Q8_1's f16 sum term)."""
+    from tinyllm.quant.common import F16_TO_F32
+    f = FORMATS[name]
+    rng = np.random.default_rng(sum(map(ord, name)) + 7)
+    raw = random_blocks(name, 8, rng, extreme=True).reshape(1, -1)[0]
+    n = 8 * f.block_size
+    wf, gm = np.full(n, np.nan, np.float32), np.full(n // 32, np.nan, np.float32)
+    f.unpack_row(raw, wf, gm, F16_TO_F32, f.aux)
+    ref = gguf_dequantize(raw[None, :], name)[0]
+    if f.mins == "q8_1":
+        m = F16_TO_F32[raw.reshape(8, -1)[:, 2].astype(np.int32) | (raw.reshape(8, -1)[:, 3].astype(np.int32) << 8)]
+        assert_bit_exact(gm, m)
+        ref = dequantize(raw[None, :], f.ggml_type)[0] - np.repeat(m, 32)
+        assert np.allclose(wf, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    else:
+        assert_bit_exact(wf, ref)
+
+
 # ---- activation rounding ---------------------------------------------------------------------
 @pytest.mark.skipif(not jit.HAVE_NUMBA, reason="the numba-side rounding")
 def test_round_to_f16_matches_numpy():
@@ -131,23 +153,33 @@ def test_round_to_f16_matches_numpy():
 
 @pytest.mark.skipif(not jit.HAVE_NUMBA, reason="compares numba with numpy")
 def test_activation_quantizers_numba_equal_numpy():
-    from tinyllm.quant.matmul import quantize_rows_q8_0, quantize_rows_q8_1, quantize_rows_q8_K
+    from tinyllm.quant.kernels import quantize_act
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((3, 512)) * 3).astype(np.float32)
     x[0, :32] = 0.0                        # an all-zero block
     x[1, 5] = 0.5 / (127 / np.abs(x[1, :32]).max())   # near a rounding tie
-    for nb_fn, np_fn in [(quantize_rows_q8_0, act.quantize_q8_0_np),
-                         (quantize_rows_q8_1, act.quantize_q8_1_np)]:
-        got, ref = nb_fn(x), np_fn(x)
-        assert_bit_exact(got[0], ref[0].reshape(3, 512))
-        for a, b in zip(got[1:], ref[1:]):
-            assert_bit_exact(a, b)
-    xq, xd, xbsum = quantize_rows_q8_K(x)
-    q, d, bs = act.quantize_q8_K_np(x)
-    assert_bit_exact(xq, q.reshape(3, 512))
-    assert_bit_exact(xd, d)
-    assert_bit_exact(xbsum, bs.reshape(3, -1).astype(np.float32))
-    assert q.max() <= 127 and q.min() >= -127
+    for t in range(3):                     # the integers and scales themselves
+        xq, xd, xs = (np.empty(512, np.float32), np.empty(16, np.float32),
+                      np.empty(16, np.float32))
+        act.quantize_q8_1(x[t], xq, xd, xs)
+        q, d, s = act.quantize_q8_1_np(x[t:t + 1])
+        assert_bit_exact(xq, q.reshape(-1))
+        assert_bit_exact(xd, d[0])
+        assert_bit_exact(xs, s[0])
+        xd8, bsum = np.empty(2, np.float32), np.empty(32, np.float32)
+        act.quantize_q8_K(x[t], xq, xd8, bsum)
+        q, d, bs = act.quantize_q8_K_np(x[t:t + 1])
+        assert_bit_exact(xq, q.reshape(-1))
+        assert_bit_exact(xd8, d[0])
+        assert_bit_exact(bsum, bs.reshape(-1).astype(np.float32))
+        assert q.max() <= 127 and q.min() >= -127
+    # what the kernel multiplies by: xa = d_x * q_x, and Q8_1's s_x
+    for kind, np_fn in [(0, act.quantize_q8_0_np), (1, act.quantize_q8_1_np),
+                        (2, act.quantize_q8_K_np)]:
+        xa, xs = quantize_act(kind, x)
+        ref = np_fn(x)
+        assert_bit_exact(xa, (ref[0] * ref[1][..., None]).reshape(3, 512))
+        assert_bit_exact(xs, ref[2] if kind == 1 else np.zeros((3, 0), np.float32))
 
 
 def test_q8_0_activation_rounding_follows_llama_cpp():

@@ -148,6 +148,9 @@ def cmd_perplexity(args):
 
 def cmd_bench(args):
     import numpy as np
+
+    from . import jit, memory  # noqa: F401  (numba is part of the runtime baseline)
+    baseline = memory.measure_runtime_baseline()
     model, tok = open_model(args, quiet=args.json)
     rng = np.random.default_rng(0)
     # random ordinary tokens: the cost of a forward pass does not depend on which ids they are
@@ -157,8 +160,8 @@ def cmd_bench(args):
     model.forward(prompt[:8], 0)                # touch every weight page once, as a warm-up
     model.reset()
     t0 = time.perf_counter()
-    for start in range(0, len(prompt), 256):
-        logits = model.forward(prompt[start:start + 256], start)
+    for start in range(0, len(prompt), args.n_batch):
+        logits = model.forward(prompt[start:start + args.n_batch], start)
     t_pp = time.perf_counter() - t0
     pos, t0 = len(prompt), time.perf_counter()
     for _ in range(args.n_gen):
@@ -166,12 +169,18 @@ def cmd_bench(args):
         logits = model.forward([tok_id], pos)
         pos += 1
     t_tg = time.perf_counter() - t0
-    res = {"pp_tok_s": args.n_prompt / t_pp, "tg_tok_s": args.n_gen / t_tg, "peak_rss_mib": peak_rss_mib()}
+    # the ledger's planned total next to what /proc says, for scripts/bench_memory.py
+    led = memory.ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, args.flash_attn == "on",
+                        n_tokens=pos, runtime_baseline_bytes=baseline, measure=True)
+    res = {"pp_tok_s": args.n_prompt / t_pp, "tg_tok_s": args.n_gen / t_tg if args.n_gen else 0.0,
+           "peak_rss_mib": peak_rss_mib(), "rss_mib": led.measured.rss / 2**20,
+           "planned_rss_mib": led.plan.rss / 2**20}
     if args.json:
         print(json.dumps(res))
     else:
         print(f"prefill {res['pp_tok_s']:.1f} tok/s ({args.n_prompt} tokens) | decode {res['tg_tok_s']:.1f} "
-              f"tok/s ({args.n_gen} tokens) | peak RSS {res['peak_rss_mib']:.0f} MiB")
+              f"tok/s ({args.n_gen} tokens) | peak RSS {res['peak_rss_mib']:.0f} MiB "
+              f"(ledger planned {res['planned_rss_mib']:.0f} MiB, now {res['rss_mib']:.0f} MiB)")
 
 
 def cmd_mem(args):
@@ -226,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, optional=True)
     p.add_argument("-n", "--n-predict", type=int, default=512, help="max tokens per reply")
     p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--verbose", "-v", action="store_true", help="a memory line at every generated token")
     _sampling_args(p)
     p.set_defaults(fn=cmd_chat)
 
@@ -254,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("-p", dest="n_prompt", type=int, default=128)
     p.add_argument("-n", dest="n_gen", type=int, default=64)
+    p.add_argument("--n-batch", type=int, default=256, help="prompt tokens per forward pass")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench)
     return ap

@@ -41,6 +41,7 @@ class Session:
     tokenizer: object
     n_batch: int = 256
     tokens: list = field(default_factory=list)
+    n_fed: int = 0                  # tokens the last prefill computed (the rest came from the cache)
 
     def reset(self) -> None:
         self.tokens = []
@@ -62,6 +63,7 @@ class Session:
             n_common -= 1
         self.model.cache.truncate(n_common)
         self.tokens = list(ids[:n_common])
+        self.n_fed = len(ids) - n_common
         logits = None
         for start in range(n_common, len(ids), self.n_batch):
             chunk = ids[start:start + self.n_batch]
@@ -70,15 +72,17 @@ class Session:
         return logits
 
     def generate(self, prompt_ids: list, sampler: Sampler, n_predict: int = 128,
-                 stop_strings=(), stats: Stats | None = None, on_token=None):
+                 stop_strings=(), stats: Stats | None = None, on_token=None, on_prompt=None):
         """Yield text pieces of the continuation. Stops at an end-of-generation token,
-        a stop string, n_predict tokens or a full context (stats.stop_reason says which)."""
+        a stop string, n_predict tokens or a full context (stats.stop_reason says which).
+        on_prompt(stats), if given, is called once the prompt is in the KV cache."""
         stats = stats if stats is not None else Stats()
         t0 = time.perf_counter()
-        n_before = len(self.tokens)
         logits = self.prefill(prompt_ids)
         stats.t_prompt = time.perf_counter() - t0
-        stats.n_prompt = len(self.tokens) - min(n_before, len(self.tokens))
+        stats.n_prompt = self.n_fed
+        if on_prompt:
+            on_prompt(stats)
         stream = self.tokenizer.stream()
         text, emitted = "", 0
         hold = max((len(s) for s in stop_strings), default=0)

@@ -115,7 +115,8 @@ def quantize_rows_np(x: np.ndarray, kv_type: str) -> np.ndarray:
     if kv_type == "f32":
         return x.view(np.uint8)
     if kv_type == "f16":
-        return x.astype(np.float16).view(np.uint8)
+        with np.errstate(over="ignore"):          # beyond 65504 becomes inf, as in ggml
+            return x.astype(np.float16).view(np.uint8)
     quantize = quantize_q8_0_np if kv_type == "q8_0" else quantize_q4_0_np
     return quantize(x.reshape(-1, QK)).reshape(*x.shape[:-1], -1)
 
@@ -133,70 +134,72 @@ def dequantize_rows_np(raw: np.ndarray, kv_type: str) -> np.ndarray:
 
 
 # ---- numba: the same, one row at a time ------------------------------------------------------
-# 2^(e - 25) for the f16 exponents e = 0..31 (e = 0 uses 2^-24, the subnormal step)
-F16_STEP = np.array([2.0 ** (max(e, 1) - 25) for e in range(32)], np.float32)
+if HAVE_NUMBA:
+    # numba has no float16 type, but LLVM does: reinterpret the 16 bits as a half and
+    # widen it, one hardware instruction (F16C vcvtph2ps on x86, fcvt on ARMv8), which
+    # also vectorizes.  Exact for every value, subnormals, inf and nan included.
+    from llvmlite import ir as llvm_ir
+    from numba.core import types as nb_types
+    from numba.extending import intrinsic
 
-
-@njit(inline="always")
-def f16_to_f32(lo, hi):
-    """The f16 with bytes lo, hi (little-endian) as float32:
-    sign * (1024 + m) * 2^(e - 25) for e = 1..30, sign * m * 2^-24 for e = 0 (exact products)."""
-    h = np.int32(lo) | (np.int32(hi) << 8)
-    e, m = (h >> 10) & 31, h & 1023
-    if e == 31:
-        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-    else:
-        v = np.float32(m + (1024 if e else 0)) * F16_STEP[e]
-    return -v if h & 0x8000 else v
+    @intrinsic
+    def f16_to_f32(typingctx, bits):
+        """uint16 bit pattern of an f16 -> float32."""
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], llvm_ir.HalfType()), llvm_ir.FloatType())
+        return nb_types.float32(nb_types.uint16), codegen
 
 
 @njit(fastmath=FASTMATH)
 def dequantize_cells(raw, g, c0, n, fmt, out):
     """Rows of KV head g at positions c0..c0+n-1 (cells (c0 + i) % n_cells) -> float32 out[:n].
-    raw: uint8 [n_cells, n_head_kv, row_bytes].  Indexes whole arrays (no per-row slices:
-    each slice would bump the shared array's reference count, an atomic op that the
-    threads would fight over)."""
+    raw: uint8 [n_cells, n_head_kv, row_bytes].
+
+    Two things keep this fast: it indexes whole arrays (a row slice would bump the shared
+    array's reference count, an atomic op the threads would fight over), and the block
+    loops run to `qk`, the block size computed from the shapes, not the constant 32: a
+    constant trip count gets the loop fully unrolled, and the unrolled code is left
+    scalar because nothing proves raw and out do not overlap."""
     n_cells, dim = raw.shape[0], out.shape[1]
+    c = c0 % n_cells
     if fmt == F32:
         x = raw.view(np.float32)                                         # [n_cells, Hkv, dim]
         for i in range(n):
-            c = (c0 + i) % n_cells
             for j in range(dim):
                 out[i, j] = x[c, g, j]
+            c = c + 1 if c + 1 < n_cells else 0
     elif fmt == F16:
-        # Shifting an f16's 15 low bits left by 13 lines its exponent and mantissa up with
-        # f32's; multiplying by 2^112 then moves the exponent bias from 15 to 127 (and turns
-        # f16 subnormals into the right f32 normals).  Inf/nan get the all-ones exponent.
         h = raw.view(np.uint16)                                          # [n_cells, Hkv, dim]
-        bits = out.view(np.uint32)
         for i in range(n):
-            c = (c0 + i) % n_cells
             for j in range(dim):
-                bits[i, j] = (np.uint32(h[c, g, j]) & 0x7FFF) << 13
-            for j in range(dim):
-                out[i, j] *= np.float32(5.192296858534828e+33)             # 2^112
-            for j in range(dim):
-                x = np.uint32(h[c, g, j])
-                b = bits[i, j] | 0x7F800000 if (x & 0x7C00) == 0x7C00 else bits[i, j]
-                bits[i, j] = b | ((x & 0x8000) << 16)
+                out[i, j] = f16_to_f32(h[c, g, j])
+            c = c + 1 if c + 1 < n_cells else 0
     elif fmt == Q8_0:
+        n_blocks = raw.shape[2] // (2 + QK)
+        qk = dim // n_blocks
+        q = raw.view(np.int8)
         for i in range(n):
-            c = (c0 + i) % n_cells
-            for b in range(dim // QK):
+            for b in range(n_blocks):
                 o = b * (2 + QK)
-                d = f16_to_f32(raw[c, g, o], raw[c, g, o + 1])
-                for j in range(QK):
-                    out[i, b * QK + j] = d * np.float32(np.int8(raw[c, g, o + 2 + j]))
+                d = f16_to_f32(np.uint16(raw[c, g, o]) | (np.uint16(raw[c, g, o + 1]) << 8))
+                for j in range(qk):
+                    out[i, b * qk + j] = d * np.float32(q[c, g, o + 2 + j])
+            c = c + 1 if c + 1 < n_cells else 0
     else:
+        n_blocks = raw.shape[2] // (2 + QK // 2)
+        half = dim // n_blocks // 2
         for i in range(n):
-            c = (c0 + i) % n_cells
-            for b in range(dim // QK):
+            for b in range(n_blocks):
                 o = b * (2 + QK // 2)
-                d = f16_to_f32(raw[c, g, o], raw[c, g, o + 1])
-                for j in range(QK // 2):
-                    q = np.int32(raw[c, g, o + 2 + j])
-                    out[i, b * QK + j] = d * np.float32((q & 15) - 8)
-                    out[i, b * QK + QK // 2 + j] = d * np.float32((q >> 4) - 8)
+                d = f16_to_f32(np.uint16(raw[c, g, o]) | (np.uint16(raw[c, g, o + 1]) << 8))
+                # byte = 16 hi + lo, split in float arithmetic (exact; integer ops would be
+                # widened to int64, and int64 -> float does not vectorize on AVX2)
+                for j in range(half):
+                    x = np.float32(raw[c, g, o + 2 + j])
+                    hi = np.floor(x * np.float32(0.0625))
+                    out[i, b * 2 * half + j] = d * (x - np.float32(16) * hi - np.float32(8))
+                    out[i, b * 2 * half + half + j] = d * (hi - np.float32(8))
+            c = c + 1 if c + 1 < n_cells else 0
 
 
 # Quantizers run without fastmath: every rounding must be the reference's.

@@ -33,11 +33,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
 
 
-def perplexity(model, tokenizer, text: str, ctx: int = 512, progress=None) -> PerplexityResult:
+def perplexity(model, tokenizer, text: str, ctx: int = 512, progress=None,
+               max_windows: int | None = None) -> PerplexityResult:
     if ctx > model.n_ctx:
         raise TinyLLMError(f"perplexity window {ctx} exceeds the context {model.n_ctx}; pass --ctx {ctx}")
     tokens = tokenizer.encode(text, add_bos=False)
     n_windows = len(tokens) // ctx
+    if max_windows:
+        n_windows = min(n_windows, max_windows)
     if n_windows == 0:
         raise TinyLLMError(f"text has {len(tokens)} tokens, fewer than one window of {ctx}")
     # Logits for a batch are [batch, V] float32; keep them near 64 MiB even for

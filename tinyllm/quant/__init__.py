@@ -6,8 +6,9 @@
 
 One module per family of formats (float, q8_0, q4, q5, kquants, iq4) holds the
 block layout, a numpy reference dequantizer (bit-exact with gguf-py), the numpy
-matmul fallback, and the numba kernels.  activations.py rounds x the way
-llama.cpp does before each kind of dot product.
+matmul fallback, and a numba `unpack_row`.  kernels.py holds the one numba kernel
+all block formats share; activations.py rounds x the way llama.cpp does before
+each kind of dot product.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ for _mod in (_float, q8_0, q4, q5, kquants, iq4):
     for _f in _mod.FORMATS:
         FORMATS[_f.name] = _f
 _BY_TYPE = {f.ggml_type: f for f in FORMATS.values()}
+if HAVE_NUMBA:
+    from .kernels import linear_blocks
+    for _f in FORMATS.values():
+        if _f.unpack_row is not None:
+            _f.kernel = linear_blocks
 
-# Matrices smaller than this run single-threaded in decode: a parallel launch costs
-# several microseconds, about the time one core needs to stream this many bytes.
+# Matrix-vector products on matrices smaller than this run on one thread: waking the
+# other threads costs more than it saves (see scripts/bench_kernels.py --overhead).
 SERIAL_BELOW_BYTES = 128 * 1024
 
 
@@ -76,8 +82,9 @@ class QTensor:
         self.n_rows, self.n_cols = raw.shape[0], n_cols
         self.nbytes = raw.nbytes
         self.shape = (self.n_rows, self.n_cols)
-        self._w = f.weight_view(raw)     # what the numba kernels read (a view)
-        self._matvec, self._matmul = f.matvec, f.matmul
+        self._w = f.weight_view(raw)     # what the numba kernel reads (a view)
+        self._kernel, self._kernel_args = f.kernel, f.kernel_args
+        self._serial = self.nbytes < SERIAL_BELOW_BYTES
 
     def __repr__(self):
         return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"
@@ -99,23 +106,17 @@ def linear(x: np.ndarray, w: QTensor, out=None) -> np.ndarray:
     x is rounded to the weight type's activation format first (see activations.py)."""
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        if out is None:
-            out = np.empty(w.n_rows, np.float32)
-        if w._matvec is not None:
-            if w.nbytes < SERIAL_BELOW_BYTES:
-                call_serial(w._matvec, w._w, x, out, F16_TO_F32)
-            else:
-                w._matvec(w._w, x, out, F16_TO_F32)
-        else:
-            out[:] = w.fmt.linear_np(w.raw, x[None, :])[0]
-        return out
+    shape = x.shape[:-1] + (w.n_rows,)
+    x2 = x.reshape(-1, w.n_cols)                     # (T, n), a view
     if out is None:
-        out = np.empty((x.shape[0], w.n_rows), np.float32)
-    if w._matmul is not None:
-        w._matmul(w._w, x, out, F16_TO_F32)
+        out = np.empty(shape, np.float32)
+    y2 = out.reshape(x2.shape[0], w.n_rows)          # a view when out is contiguous
+    if w._kernel is None:
+        y2[:] = w.fmt.linear_np(w.raw, x2)
+    elif w._serial and x2.shape[0] == 1:
+        call_serial(w._kernel, w._w, x2, y2, *w._kernel_args)
     else:
-        out[:] = w.fmt.linear_np(w.raw, x)
+        w._kernel(w._w, x2, y2, *w._kernel_args)
     return out
 
 

@@ -49,14 +49,11 @@ def f16_at(row, o, lut):
     return lut[np.int32(row[o]) | (np.int32(row[o + 1]) << 8)]
 
 
-@njit(inline="always")
-def n_chunks(n_rows):
-    """How many row chunks a prange splits a matrix into: enough to balance two or
-    four cores, few enough that per-chunk scratch allocation is noise."""
-    return min(n_rows, 64)
-
-
 # ---- the format record -----------------------------------------------------------------------
+# How x is rounded before the dot (llama.cpp's vec_dot type), as kernels.quantize_act's `kind`.
+ACT_KINDS = {"q8_0": 0, "q8_1": 1, "q8_K": 2}
+
+
 class QuantFormat:
     """Everything tinyllm knows about one ggml tensor type.
 
@@ -64,37 +61,43 @@ class QuantFormat:
         bit-exact with gguf.quants.dequantize.
     linear_np(raw, x (T, n_cols)) -> (T, n_rows): numpy matmul with the same activation
         quantization as the numba kernels (the fallback, and the tests' tight oracle).
-    matvec(raw, x, y, lut) / matmul(raw, x, y, lut): numba kernels, or None.
+    unpack_row(row, wf, gm, lut, aux): numba; one row's bytes -> its float32 weights wf
+        (n_cols,), and for Q4_1/Q5_1 (mins="q8_1") the offsets m per block in gm (n_cols/32,),
+        which kernels.py multiplies by Q8_1's s.  None for the float types.
     act: how activations are rounded before the dot ("f32", "f16", "bf16", "q8_0",
         "q8_1", "q8_K"): llama.cpp's vec_dot type for this weight type.
+    aux: a constant table unpack_row needs (IQ4's levels).
     """
 
     def __init__(self, name, ggml_type, block_size, type_size, act, dequantize_blocks,
-                 linear_np, matvec=None, matmul=None, weight_view=None):
+                 linear_np, unpack_row=None, mins=None, aux=None,
+                 weight_view=None, kernel=None):
         self.name, self.ggml_type = name, int(ggml_type)
         self.block_size, self.type_size, self.act = block_size, type_size, act
         self.dequantize_blocks = dequantize_blocks
         self.linear_np = linear_np
-        self.matvec = matvec if HAVE_NUMBA else None
-        self.matmul = matmul if HAVE_NUMBA else None
-        # Some kernels want the bytes under another dtype (F32: float32 rows); a view, no copy.
+        self.unpack_row, self.mins = unpack_row, mins
+        self.aux = aux if aux is not None else np.zeros(1, np.float32)
+        self.act_kind = ACT_KINDS.get(act, -1)
+        # kernel(w, x (T, n), y (T, R), *kernel_args): numba, or None (numpy path).  Block
+        # formats share kernels.linear_blocks (attached in __init__.py).
+        self.kernel = kernel if HAVE_NUMBA else None
+        self.kernel_args = (self.ggml_type, self.act_kind, F16_TO_F32, self.aux)
+        # Some kernels want the bytes under another dtype (F16: uint16 rows); a view, no copy.
         self.weight_view = weight_view or (lambda raw: raw)
 
     def kernels(self):
-        return [k for k in (self.matvec, self.matmul) if k is not None]
+        return [self.kernel] if self.kernel is not None else []
 
     def warmup(self):
-        """Run each kernel once on a one-row, one-block matrix: compiles or loads the cache
-        for exactly the argument types real calls use."""
-        if self.matvec is None:
+        """Run the kernel once on a tiny matrix: compiles or loads the cache for exactly
+        the argument types real calls use."""
+        if self.kernel is None:
             return
         n_cols = self.block_size if self.block_size > 1 else 32
         raw = np.zeros((2, n_cols // self.block_size * self.type_size), np.uint8)
-        w = self.weight_view(raw)
-        self.matvec(w, np.zeros(n_cols, np.float32), np.zeros(2, np.float32), F16_TO_F32)
-        if self.matmul is not None:
-            self.matmul(w, np.zeros((2, n_cols), np.float32), np.zeros((2, 2), np.float32),
-                        F16_TO_F32)
+        self.kernel(self.weight_view(raw), np.zeros((1, n_cols), np.float32),
+                    np.zeros((1, 2), np.float32), *self.kernel_args)
 
     def __repr__(self):
         return f"QuantFormat({self.name})"

@@ -35,7 +35,7 @@ def dequantize_f16(blocks):
     return _as(blocks, np.float16).astype(np.float32).reshape(blocks.shape[0], -1)
 
 
-def linear_f16(raw, x):
+def linear_f16_np(raw, x):
     x = to_f16_np(x)
     w = _as(raw, np.float16)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
@@ -53,17 +53,9 @@ def dot_f16(row, x, lut):
 
 
 @njit(parallel=True)
-def matvec_f16(w, x, y, lut):
-    """w: the rows as uint16 bit patterns."""
-    xh = np.empty_like(x)
-    for k in range(x.shape[0]):
-        xh[k] = round_to_f16(x[k])
-    for r in prange(w.shape[0]):
-        y[r] = dot_f16(w[r], xh, lut)
-
-
-@njit(parallel=True)
-def matmul_f16(w, x, y, lut):
+def linear_f16(w, x, y, fmt, act, lut, aux):
+    """y (T, R) = f16(x) (T, n) . W^T, w: the rows as uint16 bit patterns.  (The unused
+    arguments give every kernel the same signature; see kernels.linear_blocks.)"""
     xh = np.empty_like(x)
     for t in range(x.shape[0]):
         for k in range(x.shape[1]):
@@ -95,7 +87,7 @@ def _u16(raw):
 
 FORMATS = [
     QuantFormat("F32", 0, 1, 4, "f32", dequantize_f32, linear_f32),
-    QuantFormat("F16", 1, 1, 2, "f16", dequantize_f16, linear_f16, matvec_f16, matmul_f16,
-                weight_view=_u16),
+    QuantFormat("F16", 1, 1, 2, "f16", dequantize_f16, linear_f16_np, weight_view=_u16,
+                kernel=linear_f16),
     QuantFormat("BF16", 30, 1, 2, "bf16", dequantize_bf16, linear_bf16),
 ]

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import FASTMATH, njit, prange
-from .activations import (QK, QK_K, linear_q8_0_act, linear_q8_K_act, quantize_q8_0,
-                          quantize_q8_K)
-from .common import QuantFormat, f16_at, f16_field, n_chunks, nibbles, row_chunks
-from .matmul import chunk_rows, quantize_rows_q8_0, quantize_rows_q8_K
+from ..jit import njit
+from .activations import QK, QK_K, linear_q8_0_act, linear_q8_K_act
+from .common import QuantFormat, f16_at, f16_field, nibbles, row_chunks
 
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
                    dtype=np.float32)
@@ -70,93 +68,44 @@ def linear_iq4_xs(raw, x):
     return linear_q8_K_act(by_rows, raw, x, row_chunks(raw.shape[0], n_cols, x.shape[0]))
 
 
-# ---- numba -------------------------------------------------------------------------------------
-@njit(fastmath=FASTMATH)
-def dot_iq4_nl(row, xq, xd, lut, kv, acc):
-    acc[:] = 0.0
-    for b in range(xd.shape[0]):
+# ---- numba: one row -> float32 weights (see kernels.py); aux = KVALUES ------------------------
+@njit(inline="never")
+def unpack_row_iq4_nl(row, wf, gm, lut, aux):
+    """wf (n,) = d * KVALUES[q]."""
+    nb = row.shape[0] // SIZE_NL
+    half = wf.shape[0] // nb // 2       # 16, known only at run time (see kernels.py)
+    for b in range(nb):
         o = b * SIZE_NL
-        s = f16_at(row, o, lut) * xd[b]
-        x0 = b * QK
-        for k in range(16):
+        d = f16_at(row, o, lut)
+        x0 = b * 2 * half
+        for k in range(half):
             v = row[o + 2 + k]
-            acc[k] += s * (kv[v & 15] * xq[x0 + k])
-            acc[16 + k] += s * (kv[v >> 4] * xq[x0 + 16 + k])
-    return acc.sum()
+            wf[x0 + k] = d * aux[v & 15]
+            wf[x0 + half + k] = d * aux[v >> 4]
 
 
-@njit(fastmath=FASTMATH)
-def dot_iq4_xs(row, xq, xd, lut, kv, acc):
-    acc[:] = 0.0
-    for B in range(xd.shape[0]):
+@njit(inline="never")
+def unpack_row_iq4_xs(row, wf, gm, lut, aux):
+    """wf (n,) = (d * (scale_j - 32)) * KVALUES[q]."""
+    nB = row.shape[0] // SIZE_XS
+    half = wf.shape[0] // (16 * nB)     # 16
+    for B in range(nB):
         o = B * SIZE_XS
-        d = f16_at(row, o, lut) * xd[B]
+        d = f16_at(row, o, lut)
         sh = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
         for j in range(8):
             low = (np.int32(row[o + 4 + j // 2]) >> (4 * (j % 2))) & 15
             s = d * np.float32((low | (((sh >> (2 * j)) & 3) << 4)) - 32)
             q0, x0 = o + 8 + 16 * j, B * QK_K + 32 * j
-            for k in range(16):
+            for k in range(half):
                 v = row[q0 + k]
-                acc[k] += s * (kv[v & 15] * xq[x0 + k])
-                acc[16 + k] += s * (kv[v >> 4] * xq[x0 + 16 + k])
-    return acc.sum()
-
-
-@njit(parallel=True)
-def matvec_iq4_nl(w, x, y, lut):
-    xq = np.empty(x.shape[0], np.float32)
-    xd = np.empty(x.shape[0] // QK, np.float32)
-    quantize_q8_0(x, xq, xd)
-    kv = KVALUES.copy()
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            y[r] = dot_iq4_nl(w[r], xq, xd, lut, kv, acc)
-
-
-@njit(parallel=True)
-def matmul_iq4_nl(w, x, y, lut):
-    xq, xd = quantize_rows_q8_0(x)
-    kv = KVALUES.copy()
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_iq4_nl(w[r], xq[t], xd[t], lut, kv, acc)
-
-
-@njit(parallel=True)
-def matvec_iq4_xs(w, x, y, lut):
-    xq = np.empty(x.shape[0], np.float32)
-    xd = np.empty(x.shape[0] // QK_K, np.float32)
-    xbsum = np.empty(x.shape[0] // 16, np.float32)
-    quantize_q8_K(x, xq, xd, xbsum)
-    kv = KVALUES.copy()
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            y[r] = dot_iq4_xs(w[r], xq, xd, lut, kv, acc)
-
-
-@njit(parallel=True)
-def matmul_iq4_xs(w, x, y, lut):
-    xq, xd, _ = quantize_rows_q8_K(x)
-    kv = KVALUES.copy()
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_iq4_xs(w[r], xq[t], xd[t], lut, kv, acc)
+                wf[x0 + k] = s * aux[v & 15]
+                wf[x0 + half + k] = s * aux[v >> 4]
 
 
 FORMATS = [
     QuantFormat("IQ4_NL", 20, QK, SIZE_NL, "q8_0", dequantize_iq4_nl, linear_iq4_nl,
-                matvec_iq4_nl, matmul_iq4_nl),
+                unpack_row_iq4_nl, aux=KVALUES),
     QuantFormat("IQ4_XS", 23, QK_K, SIZE_XS, "q8_K", dequantize_iq4_xs, linear_iq4_xs,
-                matvec_iq4_xs, matmul_iq4_xs),
+                unpack_row_iq4_xs, aux=KVALUES),
 ]

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import FASTMATH, njit, prange
-from .activations import QK_K, linear_q8_K_act, quantize_q8_K
-from .common import QuantFormat, f16_at, f16_field, n_chunks, row_chunks
-from .matmul import chunk_rows, quantize_rows_q8_K
+from ..jit import njit
+from .activations import QK_K, linear_q8_K_act
+from .common import QuantFormat, f16_at, f16_field, row_chunks
 
 SIZE = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
 
@@ -125,9 +124,11 @@ def _linear(unpack, size):
     return linear_np
 
 
-# ---- numba: one row . x per type --------------------------------------------------------------
-# xq (n,) integers of x, xd (n/256,) their scales, xbsum (n/16,) sums of each 16 xq.
-# 32 float32 lanes accumulate  (d d_x sc_j) * q * xq  (see q8_0.dot_q8_0 for why lanes).
+# ---- numba: one row -> float32 weights (see kernels.py) ---------------------------------------
+# wf (n,) = (d sc_j) q - (dmin m_j): the row dequantized exactly as dequantize_blocks does.
+# The mins need no separate term: Q8_K's scale is a plain float32, so folding them into
+# the weights changes only float rounding.  Inner trip counts (16, 32) are derived from
+# array shapes at run time: see kernels.py for why.
 
 @njit(inline="always")
 def scale_min_at(row, o, j):
@@ -139,256 +140,123 @@ def scale_min_at(row, o, j):
     return sc, m
 
 
-@njit(fastmath=FASTMATH)
-def dot_q4_K(row, xq, xd, xbsum, lut, acc):
-    acc[:] = 0.0
-    mins = np.float32(0.0)
-    for B in range(xd.shape[0]):
+@njit(inline="never")
+def unpack_row_q2_K(row, wf, gm, lut, aux):
+    nB = row.shape[0] // 84
+    n16 = wf.shape[0] // (16 * nB)                  # 16
+    for B in range(nB):
+        o = B * 84
+        d, dmin = f16_at(row, o + 80, lut), f16_at(row, o + 82, lut)
+        for h in range(2):                          # 128 weights: 2-bit fields s of qs[32h + l]
+            for s in range(4):
+                for g in range(2):
+                    j = 8 * h + 2 * s + g           # sub-block of 16
+                    dl = d * np.float32(row[o + j] & 15)
+                    ml = dmin * np.float32(row[o + j] >> 4)
+                    q0, x0 = o + 16 + 32 * h + 16 * g, B * 256 + 128 * h + 32 * s + 16 * g
+                    for k in range(n16):
+                        q = (np.int32(row[q0 + k]) >> (2 * s)) & 3
+                        wf[x0 + k] = dl * np.float32(q) - ml
+
+
+@njit(inline="never")
+def unpack_row_q3_K(row, wf, gm, lut, aux):
+    nB = row.shape[0] // 110
+    n16 = wf.shape[0] // (16 * nB)                  # 16
+    for B in range(nB):
+        o = B * 110
+        d = f16_at(row, o + 108, lut)
+        for h in range(2):
+            for s in range(4):                      # weights 128h + 32s + l: bits 2s of qs
+                i = 4 * h + s                       # and bit i of hmask[l]
+                for g in range(2):
+                    j = 8 * h + 2 * s + g           # sub-block of 16
+                    lo = np.int32(row[o + 96 + (j % 8)])
+                    lo = (lo & 15) if j < 8 else (lo >> 4)
+                    hi = (np.int32(row[o + 104 + (j % 4)]) >> (2 * (j // 4))) & 3
+                    dl = d * np.float32((lo | (hi << 4)) - 32)
+                    x0 = B * 256 + 128 * h + 32 * s + 16 * g
+                    for k in range(n16):
+                        l = 16 * g + k
+                        q = (np.int32(row[o + 32 + 32 * h + l]) >> (2 * s)) & 3
+                        q -= 4 - 4 * ((np.int32(row[o + l]) >> i) & 1)
+                        wf[x0 + k] = dl * np.float32(q)
+
+
+@njit(inline="never")
+def unpack_row_q4_K(row, wf, gm, lut, aux):
+    nB = row.shape[0] // 144
+    n32 = wf.shape[0] // (8 * nB)                   # 32
+    for B in range(nB):
         o = B * 144
-        dd = f16_at(row, o, lut) * xd[B]
-        dm = f16_at(row, o + 2, lut) * xd[B]
-        for p in range(4):                      # sub-blocks 2p (low nibbles), 2p+1 (high)
+        d, dmin = f16_at(row, o, lut), f16_at(row, o + 2, lut)
+        for p in range(4):                          # sub-blocks 2p (low nibbles), 2p+1 (high)
             sc0, m0 = scale_min_at(row, o + 4, 2 * p)
             sc1, m1 = scale_min_at(row, o + 4, 2 * p + 1)
-            s0, s1 = dd * np.float32(sc0), dd * np.float32(sc1)
+            d0, m0f = d * np.float32(sc0), dmin * np.float32(m0)
+            d1, m1f = d * np.float32(sc1), dmin * np.float32(m1)
             q0, x0 = o + 16 + 32 * p, B * 256 + 64 * p
-            for k in range(32):
-                v = row[q0 + k]
-                acc[k] += s0 * (np.float32(v & 15) * xq[x0 + k]) + \
-                    s1 * (np.float32(v >> 4) * xq[x0 + 32 + k])
-            j = B * 16 + 4 * p
-            mins += dm * (np.float32(m0) * (xbsum[j] + xbsum[j + 1]) +
-                          np.float32(m1) * (xbsum[j + 2] + xbsum[j + 3]))
-    return acc.sum() - mins
+            for k in range(n32):
+                v = np.int32(row[q0 + k])
+                wf[x0 + k] = d0 * np.float32(v & 15) - m0f
+                wf[x0 + n32 + k] = d1 * np.float32(v >> 4) - m1f
 
 
-@njit(fastmath=FASTMATH)
-def dot_q5_K(row, xq, xd, xbsum, lut, acc):
-    acc[:] = 0.0
-    mins = np.float32(0.0)
-    for B in range(xd.shape[0]):
+@njit(inline="never")
+def unpack_row_q5_K(row, wf, gm, lut, aux):
+    nB = row.shape[0] // 176
+    n32 = wf.shape[0] // (8 * nB)                   # 32
+    for B in range(nB):
         o = B * 176
-        dd = f16_at(row, o, lut) * xd[B]
-        dm = f16_at(row, o + 2, lut) * xd[B]
+        d, dmin = f16_at(row, o, lut), f16_at(row, o + 2, lut)
         for p in range(4):
             sc0, m0 = scale_min_at(row, o + 4, 2 * p)
             sc1, m1 = scale_min_at(row, o + 4, 2 * p + 1)
-            s0, s1 = dd * np.float32(sc0), dd * np.float32(sc1)
+            d0, m0f = d * np.float32(sc0), dmin * np.float32(m0)
+            d1, m1f = d * np.float32(sc1), dmin * np.float32(m1)
             q0, x0 = o + 48 + 32 * p, B * 256 + 64 * p
-            for k in range(32):
+            for k in range(n32):
                 v = np.int32(row[q0 + k])
-                h = np.int32(row[o + 16 + k]) >> (2 * p)
-                lo = (v & 15) | ((h & 1) << 4)
-                hi = (v >> 4) | ((h & 2) << 3)
-                acc[k] += s0 * (np.float32(lo) * xq[x0 + k]) + \
-                    s1 * (np.float32(hi) * xq[x0 + 32 + k])
-            j = B * 16 + 4 * p
-            mins += dm * (np.float32(m0) * (xbsum[j] + xbsum[j + 1]) +
-                          np.float32(m1) * (xbsum[j + 2] + xbsum[j + 3]))
-    return acc.sum() - mins
+                h = np.int32(row[o + 16 + k]) >> (2 * p)    # bit j of qh[k]: 5th bit, sub-block j
+                wf[x0 + k] = d0 * np.float32((v & 15) | ((h & 1) << 4)) - m0f
+                wf[x0 + n32 + k] = d1 * np.float32((v >> 4) | ((h & 2) << 3)) - m1f
 
 
-@njit(fastmath=FASTMATH)
-def dot_q6_K(row, xq, xd, xbsum, lut, acc):
-    acc[:] = 0.0
-    for B in range(xd.shape[0]):
+@njit(inline="never")
+def unpack_row_q6_K(row, wf, gm, lut, aux):
+    nB = row.shape[0] // 210
+    n16 = wf.shape[0] // (16 * nB)                  # 16
+    for B in range(nB):
         o = B * 210
-        d = f16_at(row, o + 208, lut) * xd[B]
-        for h in range(2):                      # two halves of 128 weights
+        d = f16_at(row, o + 208, lut)
+        for h in range(2):                          # two halves of 128 weights
             ql, qh, x0 = o + 64 * h, o + 128 + 32 * h, B * 256 + 128 * h
-            for g in range(2):                  # l in 16g..16g+15 share four scales
+            for g in range(2):                      # l in 16g..16g+15 share four scales
                 sc = o + 192 + 8 * h + g
-                s1 = d * np.float32(np.int8(row[sc]))
-                s2 = d * np.float32(np.int8(row[sc + 2]))
-                s3 = d * np.float32(np.int8(row[sc + 4]))
-                s4 = d * np.float32(np.int8(row[sc + 6]))
-                for k in range(16):
+                d1 = d * np.float32(np.int8(row[sc]))
+                d2 = d * np.float32(np.int8(row[sc + 2]))
+                d3 = d * np.float32(np.int8(row[sc + 4]))
+                d4 = d * np.float32(np.int8(row[sc + 6]))
+                for k in range(n16):
                     l = 16 * g + k
                     a = np.int32(row[ql + l])
                     b = np.int32(row[ql + 32 + l])
                     c = np.int32(row[qh + l])
-                    q1 = ((a & 15) | ((c & 3) << 4)) - 32
-                    q2 = ((b & 15) | ((c & 12) << 2)) - 32
-                    q3 = ((a >> 4) | (c & 48)) - 32
-                    q4 = ((b >> 4) | ((c >> 2) & 48)) - 32
-                    acc[l] += s1 * (np.float32(q1) * xq[x0 + l]) + \
-                        s2 * (np.float32(q2) * xq[x0 + 32 + l]) + \
-                        s3 * (np.float32(q3) * xq[x0 + 64 + l]) + \
-                        s4 * (np.float32(q4) * xq[x0 + 96 + l])
-    return acc.sum()
+                    wf[x0 + l] = d1 * np.float32(((a & 15) | ((c & 3) << 4)) - 32)
+                    wf[x0 + 32 + l] = d2 * np.float32(((b & 15) | ((c & 12) << 2)) - 32)
+                    wf[x0 + 64 + l] = d3 * np.float32(((a >> 4) | (c & 48)) - 32)
+                    wf[x0 + 96 + l] = d4 * np.float32(((b >> 4) | ((c >> 2) & 48)) - 32)
 
 
-@njit(fastmath=FASTMATH)
-def dot_q3_K(row, xq, xd, xbsum, lut, acc):
-    acc[:] = 0.0
-    for B in range(xd.shape[0]):
-        o = B * 110
-        d = f16_at(row, o + 108, lut) * xd[B]
-        for h in range(2):
-            for s in range(4):                  # 32 elements 128h + 32s + l, bits 2s of qs
-                i = 4 * h + s                   # hmask bit
-                for g in range(2):
-                    j = 8 * h + 2 * s + g       # sub-block of 16
-                    lo = np.int32(row[o + 96 + (j % 8)])
-                    lo = (lo & 15) if j < 8 else (lo >> 4)
-                    hi = (np.int32(row[o + 104 + (j % 4)]) >> (2 * (j // 4))) & 3
-                    sj = d * np.float32((lo | (hi << 4)) - 32)
-                    x0 = B * 256 + 128 * h + 32 * s + 16 * g
-                    for k in range(16):
-                        l = 16 * g + k
-                        q = (np.int32(row[o + 32 + 32 * h + l]) >> (2 * s)) & 3
-                        q -= 4 - 4 * ((np.int32(row[o + l]) >> i) & 1)
-                        acc[l] += sj * (np.float32(q) * xq[x0 + k])
-    return acc.sum()
-
-
-@njit(fastmath=FASTMATH)
-def dot_q2_K(row, xq, xd, xbsum, lut, acc):
-    acc[:] = 0.0
-    mins = np.float32(0.0)
-    for B in range(xd.shape[0]):
-        o = B * 84
-        dd = f16_at(row, o + 80, lut) * xd[B]
-        dm = f16_at(row, o + 82, lut) * xd[B]
-        for j in range(16):
-            mins += dm * np.float32(row[o + j] >> 4) * xbsum[B * 16 + j]
-        for h in range(2):
-            for s in range(4):
-                for g in range(2):
-                    j = 8 * h + 2 * s + g
-                    sj = dd * np.float32(row[o + j] & 15)
-                    x0 = B * 256 + 128 * h + 32 * s + 16 * g
-                    for k in range(16):
-                        l = 16 * g + k
-                        q = (np.int32(row[o + 16 + 32 * h + l]) >> (2 * s)) & 3
-                        acc[l] += sj * (np.float32(q) * xq[x0 + k])
-    return acc.sum() - mins
-
-
-# ---- drivers (one pair per type: numba caches per function, not per closure) ------------------
-@njit
-def _q8_K(x):
-    xq = np.empty(x.shape[0], np.float32)
-    xd = np.empty(x.shape[0] // QK_K, np.float32)
-    xbsum = np.empty(x.shape[0] // 16, np.float32)
-    quantize_q8_K(x, xq, xd, xbsum)
-    return xq, xd, xbsum
-
-
-@njit(parallel=True)
-def matvec_q2_K(w, x, y, lut):
-    xq, xd, xbsum = _q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            y[r] = dot_q2_K(w[r], xq, xd, xbsum, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q2_K(w, x, y, lut):
-    xq, xd, xbsum = quantize_rows_q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q2_K(w[r], xq[t], xd[t], xbsum[t], lut, acc)
-
-
-@njit(parallel=True)
-def matvec_q3_K(w, x, y, lut):
-    xq, xd, xbsum = _q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            y[r] = dot_q3_K(w[r], xq, xd, xbsum, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q3_K(w, x, y, lut):
-    xq, xd, xbsum = quantize_rows_q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q3_K(w[r], xq[t], xd[t], xbsum[t], lut, acc)
-
-
-@njit(parallel=True)
-def matvec_q4_K(w, x, y, lut):
-    xq, xd, xbsum = _q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            y[r] = dot_q4_K(w[r], xq, xd, xbsum, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q4_K(w, x, y, lut):
-    xq, xd, xbsum = quantize_rows_q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q4_K(w[r], xq[t], xd[t], xbsum[t], lut, acc)
-
-
-@njit(parallel=True)
-def matvec_q5_K(w, x, y, lut):
-    xq, xd, xbsum = _q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            y[r] = dot_q5_K(w[r], xq, xd, xbsum, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q5_K(w, x, y, lut):
-    xq, xd, xbsum = quantize_rows_q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q5_K(w[r], xq[t], xd[t], xbsum[t], lut, acc)
-
-
-@njit(parallel=True)
-def matvec_q6_K(w, x, y, lut):
-    xq, xd, xbsum = _q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            y[r] = dot_q6_K(w[r], xq, xd, xbsum, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q6_K(w, x, y, lut):
-    xq, xd, xbsum = quantize_rows_q8_K(x)
-    nc = n_chunks(w.shape[0])
-    for c in prange(nc):
-        acc = np.empty(32, np.float32)
-        for r in chunk_rows(c, nc, w.shape[0]):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q6_K(w[r], xq[t], xd[t], xbsum[t], lut, acc)
-
-
-def _format(name, ggml_type, unpack, matvec, matmul):
+def _format(name, ggml_type, unpack, unpack_row):
     return QuantFormat(name, ggml_type, QK_K, SIZE[name], "q8_K", _dequantizer(unpack),
-                       _linear(unpack, SIZE[name]), matvec, matmul)
+                       _linear(unpack, SIZE[name]), unpack_row)
 
 
 FORMATS = [
-    _format("Q2_K", 10, unpack_q2_K, matvec_q2_K, matmul_q2_K),
-    _format("Q3_K", 11, unpack_q3_K, matvec_q3_K, matmul_q3_K),
-    _format("Q4_K", 12, unpack_q4_K, matvec_q4_K, matmul_q4_K),
-    _format("Q5_K", 13, unpack_q5_K, matvec_q5_K, matmul_q5_K),
-    _format("Q6_K", 14, unpack_q6_K, matvec_q6_K, matmul_q6_K),
+    _format("Q2_K", 10, unpack_q2_K, unpack_row_q2_K),
+    _format("Q3_K", 11, unpack_q3_K, unpack_row_q3_K),
+    _format("Q4_K", 12, unpack_q4_K, unpack_row_q4_K),
+    _format("Q5_K", 13, unpack_q5_K, unpack_row_q5_K),
+    _format("Q6_K", 14, unpack_q6_K, unpack_row_q6_K),
 ]

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import FASTMATH, njit, prange
-from .activations import linear_q8_0_act, linear_q8_1_act, quantize_q8_0, quantize_q8_1
-from .common import QuantFormat, f16_at, f16_field, n_chunks, nibbles, row_chunks
-from .matmul import chunk_rows, quantize_rows_q8_0, quantize_rows_q8_1
+from ..jit import njit
+from .activations import linear_q8_0_act, linear_q8_1_act
+from .common import QuantFormat, f16_at, f16_field, nibbles, row_chunks
 
 BLOCK = 32
 SIZE_Q4_0, SIZE_Q4_1 = 18, 20
@@ -55,93 +54,42 @@ def linear_q4_1(raw, x):
     return linear_q8_1_act(unpack_q4_1, raw, x, row_chunks(raw.shape[0], n_cols, x.shape[0]))
 
 
-# ---- numba: Q4_0 -------------------------------------------------------------------------------
-@njit(fastmath=FASTMATH)
-def dot_q4_0(row, xq, xd, lut, acc):
-    """One row . x, in 32 float32 lanes (see q8_0.dot_q8_0 for why lanes)."""
-    acc[:] = 0.0
-    for b in range(xd.shape[0]):
+# ---- numba: one row -> float32 weights (see kernels.py) ---------------------------------------
+@njit(inline="never")
+def unpack_row_q4_0(row, wf, gm, lut, aux):
+    """wf (n,) = d * (q - 8)."""
+    nb = row.shape[0] // SIZE_Q4_0
+    half = wf.shape[0] // nb // 2       # 16, known only at run time (see kernels.py)
+    for b in range(nb):
         o = b * SIZE_Q4_0
-        s = f16_at(row, o, lut) * xd[b]
-        x0 = b * BLOCK
-        for k in range(16):
-            v = row[o + 2 + k]
-            acc[k] += s * (np.float32(np.int32(v & 15) - 8) * xq[x0 + k])
-            acc[16 + k] += s * (np.float32(np.int32(v >> 4) - 8) * xq[x0 + 16 + k])
-    return acc.sum()
+        d = f16_at(row, o, lut)
+        x0 = b * 2 * half
+        for k in range(half):
+            v = np.int32(row[o + 2 + k])
+            wf[x0 + k] = np.float32(np.int32(v & 15) - np.int32(8)) * d
+            wf[x0 + half + k] = np.float32(np.int32(v >> 4) - np.int32(8)) * d
 
 
-@njit(parallel=True)
-def matvec_q4_0(w, x, y, lut):
-    n_rows = w.shape[0]
-    xq = np.empty(x.shape[0], np.float32)
-    xd = np.empty(x.shape[0] // BLOCK, np.float32)
-    quantize_q8_0(x, xq, xd)
-    nc = n_chunks(n_rows)
-    for c in prange(nc):
-        acc = np.empty(BLOCK, np.float32)
-        for r in chunk_rows(c, nc, n_rows):
-            y[r] = dot_q4_0(w[r], xq, xd, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q4_0(w, x, y, lut):
-    n_rows = w.shape[0]
-    xq, xd = quantize_rows_q8_0(x)
-    nc = n_chunks(n_rows)
-    for c in prange(nc):
-        acc = np.empty(BLOCK, np.float32)
-        for r in chunk_rows(c, nc, n_rows):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q4_0(w[r], xq[t], xd[t], lut, acc)
-
-
-# ---- numba: Q4_1 -------------------------------------------------------------------------------
-@njit(fastmath=FASTMATH)
-def dot_q4_1(row, xq, xd, xs, lut, acc):
-    acc[:] = 0.0
-    m_sum = np.float32(0.0)
-    for b in range(xd.shape[0]):
+@njit(inline="never")
+def unpack_row_q4_1(row, wf, gm, lut, aux):
+    """wf (n,) = d * q, gm (n/32,) = m: the offset multiplies Q8_1's s = d_x sum q_x
+    (an f16, as in llama.cpp), so it is kept apart from the weights."""
+    nb = row.shape[0] // SIZE_Q4_1
+    half = wf.shape[0] // nb // 2
+    for b in range(nb):
         o = b * SIZE_Q4_1
-        s = f16_at(row, o, lut) * xd[b]
-        m_sum += f16_at(row, o + 2, lut) * xs[b]
-        x0 = b * BLOCK
-        for k in range(16):
-            v = row[o + 4 + k]
-            acc[k] += s * (np.float32(v & 15) * xq[x0 + k])
-            acc[16 + k] += s * (np.float32(v >> 4) * xq[x0 + 16 + k])
-    return acc.sum() + m_sum
-
-
-@njit(parallel=True)
-def matvec_q4_1(w, x, y, lut):
-    n_rows = w.shape[0]
-    xq = np.empty(x.shape[0], np.float32)
-    xd = np.empty(x.shape[0] // BLOCK, np.float32)
-    xs = np.empty(x.shape[0] // BLOCK, np.float32)
-    quantize_q8_1(x, xq, xd, xs)
-    nc = n_chunks(n_rows)
-    for c in prange(nc):
-        acc = np.empty(BLOCK, np.float32)
-        for r in chunk_rows(c, nc, n_rows):
-            y[r] = dot_q4_1(w[r], xq, xd, xs, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q4_1(w, x, y, lut):
-    n_rows = w.shape[0]
-    xq, xd, xs = quantize_rows_q8_1(x)
-    nc = n_chunks(n_rows)
-    for c in prange(nc):
-        acc = np.empty(BLOCK, np.float32)
-        for r in chunk_rows(c, nc, n_rows):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q4_1(w[r], xq[t], xd[t], xs[t], lut, acc)
+        d = f16_at(row, o, lut)
+        gm[b] = f16_at(row, o + 2, lut)
+        x0 = b * 2 * half
+        for k in range(half):
+            v = np.int32(row[o + 4 + k])
+            wf[x0 + k] = np.float32(np.int32(v & 15)) * d
+            wf[x0 + half + k] = np.float32(np.int32(v >> 4)) * d
 
 
 FORMATS = [
     QuantFormat("Q4_0", 2, BLOCK, SIZE_Q4_0, "q8_0", dequantize_q4_0, linear_q4_0,
-                matvec_q4_0, matmul_q4_0),
+                unpack_row_q4_0),
     QuantFormat("Q4_1", 3, BLOCK, SIZE_Q4_1, "q8_1", dequantize_q4_1, linear_q4_1,
-                matvec_q4_1, matmul_q4_1),
+                unpack_row_q4_1, mins="q8_1"),
 ]

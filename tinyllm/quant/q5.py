@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import FASTMATH, njit, prange
-from .activations import linear_q8_0_act, linear_q8_1_act, quantize_q8_0, quantize_q8_1
-from .common import QuantFormat, f16_at, f16_field, n_chunks, nibbles, row_chunks, u32_field
-from .matmul import chunk_rows, quantize_rows_q8_0, quantize_rows_q8_1
+from ..jit import njit
+from .activations import linear_q8_0_act, linear_q8_1_act
+from .common import QuantFormat, f16_at, f16_field, nibbles, row_chunks, u32_field
 
 BLOCK = 32
 SIZE_Q5_0, SIZE_Q5_1 = 22, 24
@@ -59,104 +58,47 @@ def linear_q5_1(raw, x):
     return linear_q8_1_act(unpack_q5_1, raw, x, row_chunks(raw.shape[0], n_cols, x.shape[0]))
 
 
-# ---- numba -------------------------------------------------------------------------------------
+# ---- numba: one row -> integers and scales (see kernels.py) ----------------------------------
 @njit(inline="always")
 def u32_at(row, o):
     return (np.int64(row[o]) | (np.int64(row[o + 1]) << 8) | (np.int64(row[o + 2]) << 16)
             | (np.int64(row[o + 3]) << 24))
 
 
-@njit(fastmath=FASTMATH)
-def dot_q5_0(row, xq, xd, lut, acc):
-    """One row . x in 32 float32 lanes (see q8_0.dot_q8_0)."""
-    acc[:] = 0.0
-    for b in range(xd.shape[0]):
+@njit(inline="always")
+def unpack_q5_block(row, o_qh, d, wf, w0, half, offset):
+    """wf[w0:w0+32] = d * (q - offset) for the block whose qh is at row[o_qh]."""
+    qh = u32_at(row, o_qh)
+    for k in range(half):
+        v = np.int64(row[o_qh + 4 + k])
+        wf[w0 + k] = np.float32(((v & 15) | (((qh >> k) & 1) << 4)) - offset) * d
+        wf[w0 + half + k] = np.float32(((v >> 4) | (((qh >> (k + half)) & 1) << 4)) - offset) * d
+
+
+@njit(inline="never")
+def unpack_row_q5_0(row, wf, gm, lut, aux):
+    """wf (n,) = d * (q - 16)."""
+    nb = row.shape[0] // SIZE_Q5_0
+    half = wf.shape[0] // nb // 2       # 16, known only at run time (see kernels.py)
+    for b in range(nb):
         o = b * SIZE_Q5_0
-        s = f16_at(row, o, lut) * xd[b]
-        qh = u32_at(row, o + 2)
-        x0 = b * BLOCK
-        for k in range(16):
-            v = row[o + 6 + k]
-            lo = np.int32(v & 15) | np.int32(((qh >> k) & 1) << 4)
-            hi = np.int32(v >> 4) | np.int32(((qh >> (k + 16)) & 1) << 4)
-            acc[k] += s * (np.float32(lo - 16) * xq[x0 + k])
-            acc[16 + k] += s * (np.float32(hi - 16) * xq[x0 + 16 + k])
-    return acc.sum()
+        unpack_q5_block(row, o + 2, f16_at(row, o, lut), wf, b * 2 * half, half, 16)
 
 
-@njit(fastmath=FASTMATH)
-def dot_q5_1(row, xq, xd, xs, lut, acc):
-    acc[:] = 0.0
-    m_sum = np.float32(0.0)
-    for b in range(xd.shape[0]):
+@njit(inline="never")
+def unpack_row_q5_1(row, wf, gm, lut, aux):
+    """wf (n,) = d * q, gm (n/32,) = m (see q4.unpack_row_q4_1)."""
+    nb = row.shape[0] // SIZE_Q5_1
+    half = wf.shape[0] // nb // 2
+    for b in range(nb):
         o = b * SIZE_Q5_1
-        s = f16_at(row, o, lut) * xd[b]
-        m_sum += f16_at(row, o + 2, lut) * xs[b]
-        qh = u32_at(row, o + 4)
-        x0 = b * BLOCK
-        for k in range(16):
-            v = row[o + 8 + k]
-            lo = np.int32(v & 15) | np.int32(((qh >> k) & 1) << 4)
-            hi = np.int32(v >> 4) | np.int32(((qh >> (k + 16)) & 1) << 4)
-            acc[k] += s * (np.float32(lo) * xq[x0 + k])
-            acc[16 + k] += s * (np.float32(hi) * xq[x0 + 16 + k])
-    return acc.sum() + m_sum
-
-
-@njit(parallel=True)
-def matvec_q5_0(w, x, y, lut):
-    n_rows = w.shape[0]
-    xq = np.empty(x.shape[0], np.float32)
-    xd = np.empty(x.shape[0] // BLOCK, np.float32)
-    quantize_q8_0(x, xq, xd)
-    nc = n_chunks(n_rows)
-    for c in prange(nc):
-        acc = np.empty(BLOCK, np.float32)
-        for r in chunk_rows(c, nc, n_rows):
-            y[r] = dot_q5_0(w[r], xq, xd, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q5_0(w, x, y, lut):
-    n_rows = w.shape[0]
-    xq, xd = quantize_rows_q8_0(x)
-    nc = n_chunks(n_rows)
-    for c in prange(nc):
-        acc = np.empty(BLOCK, np.float32)
-        for r in chunk_rows(c, nc, n_rows):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q5_0(w[r], xq[t], xd[t], lut, acc)
-
-
-@njit(parallel=True)
-def matvec_q5_1(w, x, y, lut):
-    n_rows = w.shape[0]
-    xq = np.empty(x.shape[0], np.float32)
-    xd = np.empty(x.shape[0] // BLOCK, np.float32)
-    xs = np.empty(x.shape[0] // BLOCK, np.float32)
-    quantize_q8_1(x, xq, xd, xs)
-    nc = n_chunks(n_rows)
-    for c in prange(nc):
-        acc = np.empty(BLOCK, np.float32)
-        for r in chunk_rows(c, nc, n_rows):
-            y[r] = dot_q5_1(w[r], xq, xd, xs, lut, acc)
-
-
-@njit(parallel=True)
-def matmul_q5_1(w, x, y, lut):
-    n_rows = w.shape[0]
-    xq, xd, xs = quantize_rows_q8_1(x)
-    nc = n_chunks(n_rows)
-    for c in prange(nc):
-        acc = np.empty(BLOCK, np.float32)
-        for r in chunk_rows(c, nc, n_rows):
-            for t in range(x.shape[0]):
-                y[t, r] = dot_q5_1(w[r], xq[t], xd[t], xs[t], lut, acc)
+        gm[b] = f16_at(row, o + 2, lut)
+        unpack_q5_block(row, o + 4, f16_at(row, o, lut), wf, b * 2 * half, half, 0)
 
 
 FORMATS = [
     QuantFormat("Q5_0", 6, BLOCK, SIZE_Q5_0, "q8_0", dequantize_q5_0, linear_q5_0,
-                matvec_q5_0, matmul_q5_0),
+                unpack_row_q5_0),
     QuantFormat("Q5_1", 7, BLOCK, SIZE_Q5_1, "q8_1", dequantize_q5_1, linear_q5_1,
-                matvec_q5_1, matmul_q5_1),
+                unpack_row_q5_1, mins="q8_1"),
 ]
