@@ -1,9 +1,13 @@
 """Decode attention cost per layer call, SmolLM2-135M shapes (9 heads, 3 KV heads, head_dim 64).
 
     python scripts/bench_attention.py [--threads N] [--prefill T]
+    python scripts/bench_attention.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 For each KV type and context length: microseconds per attention() call for one new token
 (flash vs classic), and per cache.store() call.  Multiply by n_layer (30) for a token.
+With --model: whole decode steps of the real model at 128 / 1024 / 2000 tokens of context,
+and the share of each token spent in attention.
+Timings are the best of --repeat runs (other processes on the machine only add time).
 """
 
 from __future__ import annotations
@@ -27,6 +31,42 @@ def best_us(fn, repeat):
     return best * 1e6
 
 
+def bench_model(path, repeat):
+    import tinyllm.model as model_module
+    from tinyllm.model import Model
+    text_ids = np.random.default_rng(0).integers(100, 30000, 2100).tolist()
+    spent = [0.0]
+    attention_fn = model_module.attention
+
+    def timed_attention(*a, **kw):
+        t = time.perf_counter()
+        out = attention_fn(*a, **kw)
+        spent[0] += time.perf_counter() - t
+        return out
+
+    model_module.attention = timed_attention
+    print(f"{'kv':5} {'attn':7} {'ctx':>5} {'ms/token':>9} {'attention ms':>13} {'us/layer':>9}")
+    for kv_type in ("f16", "q8_0"):
+        for flash in (True, False):
+            m = Model(path, n_ctx=2048, kv_type=kv_type, flash_attn=flash)
+            m.forward(text_ids[:8], 0)
+            for ctx in (128, 1024, 2000):
+                m.reset()
+                for s in range(0, ctx, 256):
+                    m.forward(text_ids[s:min(ctx, s + 256)], s)
+                best, best_att = float("inf"), 0.0
+                for i in range(repeat):
+                    m.cache.truncate(ctx)
+                    spent[0] = 0.0
+                    t = time.perf_counter()
+                    m.forward([text_ids[ctx]], ctx)
+                    dt = time.perf_counter() - t
+                    if dt < best:
+                        best, best_att = dt, spent[0]
+                print(f"{kv_type:5} {'flash' if flash else 'classic':7} {ctx:5} {best * 1e3:9.2f} "
+                      f"{best_att * 1e3:13.2f} {best_att / m.cfg.n_layer * 1e6:9.0f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=None)
@@ -34,9 +74,13 @@ def main():
     ap.add_argument("--heads", default="9,3,64", help="n_head,n_head_kv,head_dim")
     ap.add_argument("--window", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--model", default=None, help="time decode steps of this GGUF instead")
     args = ap.parse_args()
     if args.threads:
         jit.set_threads(args.threads)
+    if args.model:
+        print(f"{args.model}, threads {jit.get_threads()}")
+        return bench_model(args.model, min(args.repeat, 20))
     H, Hkv, D = map(int, args.heads.split(","))
     T = args.prefill
     rng = np.random.default_rng(0)

@@ -58,16 +58,25 @@ def case(request):
 
 
 def test_final_logits_match_llama_cpp(case):
+    """tinyllm multiplies the stored weights by unrounded activations, which is what
+    llama.cpp computes on an F32 copy of the same weights: that comparison is tight.
+    llama.cpp on the quantized file also rounds activations to 8 bits, a perturbation that
+    moves its own logits by KL ~1e-3..1e-2 between its batched and one-token paths
+    (recorded in the fixture); against it we require the same argmax and a KL within
+    a few times that self-disagreement."""
     name, model, tok, meta, npz = case
+    noise = meta["checks"]["q"]["tokenwise_vs_batch_kl"]
     for i, p in enumerate(meta["prompts"]):
         model.reset()
         ours = model.forward(p["ids"], 0)
-        d_q = kl_vs_reference(meta, npz, "q", i, ours)
         d_f32 = kl_vs_reference(meta, npz, "f32", i, ours)
-        print(f"{name} {p['name']}: KL(llama.cpp Q || tinyllm) = {d_q:.2e}, "
-              f"KL(llama.cpp F32 || tinyllm) = {d_f32:.2e}, argmax {int(np.argmax(ours))}")
-        assert int(np.argmax(ours)) == int(npz["argmax_q"][i]), p["name"]
-        assert d_q <= 1e-3, (p["name"], d_q)
+        d_q = kl_vs_reference(meta, npz, "q", i, ours)
+        print(f"{name} {p['name']}: KL(llama.cpp F32 copy || tinyllm) = {d_f32:.2e}, "
+              f"KL(llama.cpp {meta['model_file']} || tinyllm) = {d_q:.2e} "
+              f"(llama.cpp batched vs one-token: {noise[i]:.2e}), argmax {int(np.argmax(ours))}")
+        assert int(np.argmax(ours)) == int(npz["argmax_f32"][i]) == int(npz["argmax_q"][i]), p["name"]
+        assert d_f32 <= 1e-4, (p["name"], d_f32)
+        assert d_q <= max(1e-3, 3 * noise[i]), (p["name"], d_q, noise[i])
 
 
 def test_prompt_ids_match_llama_cpp(case):
@@ -77,13 +86,14 @@ def test_prompt_ids_match_llama_cpp(case):
 
 
 def test_greedy_continuation_matches_where_margin_is_clear(case):
-    """Same greedy tokens as llama.cpp up to the first step where llama.cpp's own
-    top-1/top-2 logit gap is <= 0.05 (past that, rounding may legitimately flip it)."""
+    """Same greedy tokens as llama.cpp (on the F32 copy: the same arithmetic, see above) up
+    to the first step where its top-1/top-2 logit gap is <= 0.05 (past that, float
+    rounding may legitimately flip it)."""
     name, model, tok, meta, npz = case
     greedy = json.loads((FIXTURES / name / "greedy.json").read_text())
     compared = 0
     for p in greedy["prompts"]:
-        ref, margins = p["tokens_q"], p["margins_q"]
+        ref, margins = p["tokens_f32"], p["margins_f32"]
         n = next((i for i, m in enumerate(margins) if m <= 0.05), len(ref))
         model.reset()
         logits = model.forward(p["ids"], 0)

@@ -258,7 +258,7 @@ def test_context_overflow_in_a_terminal(tmp_path):
 
 def test_piped_stdin(smollm2_path):
     """One message per line; replies on stdout, status on stderr; --verbose: a line per token."""
-    r = run_cli("chat", "smollm2-135m", "--temp", "0", "-n", "8", "--verbose",
+    r = run_cli("chat", "smollm2-135m", "--temp", "0", "-n", "24", "--verbose",
                 input=f"Hi, my name is Tom.\n\n{NAME_QUESTION}\n/kv\n/bogus\n")
     assert r.returncode == 0, r.stderr
     replies = r.stdout.splitlines()

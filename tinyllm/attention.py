@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .jit import FASTMATH, HAVE_NUMBA, get_threads, njit, prange
-from .kvcache import KVView, dequantize_cells
+from .kvcache import KVCache, KVView, dequantize_cells, quantize_q4_0_rows, quantize_q8_0_rows
 from .ops import softmax
 
 TILE = 32          # KV cells per tile: K and V tiles of 32 x head_dim floats stay in L1
@@ -82,8 +82,9 @@ def attention_classic(q: np.ndarray, kv: KVView, pos: int, scale: float, window:
 
 # ---- flash: numpy reference -------------------------------------------------------------------
 def flash_attention_np(q: np.ndarray, kv: KVView, pos: int, scale: float, window: int = 0,
-                       tile: int = TILE) -> np.ndarray:
-    """The tile loop above, for all heads and query rows at once."""
+                       tile: int = 256) -> np.ndarray:
+    """The tile loop above, for all heads and query rows at once.  (numpy pays per call,
+    so its tiles are larger than the numba kernel's.)"""
     T, n_head, dk = q.shape
     n_head_kv = kv.n_head_kv
     group = n_head // n_head_kv
@@ -93,7 +94,7 @@ def flash_attention_np(q: np.ndarray, kv: KVView, pos: int, scale: float, window
 
     m = np.full((n_head_kv, group, T), -np.inf, np.float32)           # running max
     l = np.zeros((n_head_kv, group, T), np.float32)                   # running sum
-    o = None                                                           # [Hkv, group, T, Dv]
+    o = np.zeros((n_head_kv, group, T, kv.head_dim_v), np.float32)    # output accumulator
     for c0 in range(lo, kv.n_kv, tile):
         k_pos = np.arange(c0, min(c0 + tile, kv.n_kv))
         k_t = kv.keys(k_pos).transpose(1, 2, 0)                        # [Hkv, Dk, n]
@@ -110,8 +111,7 @@ def flash_attention_np(q: np.ndarray, kv: KVView, pos: int, scale: float, window
         alpha = np.exp(m - m_ref)
         # l = l * alpha + rowsum(P);   O = O * alpha + P V
         l = l * alpha + p.sum(axis=-1)
-        pv = p @ v_t[:, None]
-        o = pv if o is None else o * alpha[..., None] + pv
+        o = o * alpha[..., None] + p @ v_t[:, None]
         m = m_new
     out = o / l[..., None]                                             # out = O / l
     return out.transpose(2, 0, 1, 3).reshape(T, n_head, -1)
@@ -122,33 +122,37 @@ def flash_attention_np(q: np.ndarray, kv: KVView, pos: int, scale: float, window
 # array's reference count, an atomic op the threads would fight over in the inner loops.
 
 @njit(fastmath=FASTMATH)
-def online_softmax_step(q, r, k, v, a, b, scale, m, l, o, s):
-    """Fold tile rows a..b-1 (the keys k [TILE, Dk] and values v [TILE, Dv] that query row r
-    may see) into that row's state: m[r] running max, l[r] running sum, o[r] [Dv] output
-    accumulator.  q [n_rows, Dk]; s [TILE] scratch."""
-    # S = q K^T * scale;   m_new = max(m, rowmax(S))
-    m_new = m[r]
-    for i in range(a, b):
-        dot = np.float32(0)
-        for d in range(q.shape[1]):
-            dot += q[r, d] * k[i, d]
-        s[i] = dot * scale
-        m_new = max(m_new, s[i])
-    # alpha = exp(m - m_new) rescales what was summed under the old max (0 on the first tile)
-    alpha = np.exp(m[r] - m_new)
-    # P = exp(S - m_new);   l = l * alpha + rowsum(P)
-    total = l[r] * alpha
-    for i in range(a, b):
-        s[i] = np.exp(s[i] - m_new)
-        total += s[i]
-    # O = O * alpha + P V
-    for d in range(o.shape[1]):
-        o[r, d] *= alpha
-    for i in range(a, b):
-        p = s[i]
+def online_softmax_step(q, r0, r1, k, v, a, b, scale, m, l, o, s):
+    """Fold tile rows a..b-1 into query rows r0..r1-1 (the heads of one query position,
+    which see the same keys).  q [n_rows, Dk]; k [TILE, Dk], v [TILE, Dv] the tile;
+    m, l [n_rows] running max and sum; o [n_rows, Dv] output accumulator; s [group, TILE]."""
+    for r in range(r0, r1):
+        sr = s[r - r0]
+        # S = q K^T * scale;   m_new = max(m, rowmax(S))
+        m_new = m[r]
+        for i in range(a, b):
+            dot = np.float32(0)
+            for d in range(q.shape[1]):
+                dot += q[r, d] * k[i, d]
+            sr[i] = dot * scale
+            m_new = max(m_new, sr[i])
+        # alpha = exp(m - m_new) rescales what was summed under the old max (0 on the first tile)
+        alpha = np.exp(m[r] - m_new)
+        # P = exp(S - m_new);   l = l * alpha + rowsum(P)
+        total = l[r] * alpha
+        for i in range(a, b):
+            sr[i] = np.exp(sr[i] - m_new)
+            total += sr[i]
+        m[r], l[r] = m_new, total
+        # O = O * alpha + ...
         for d in range(o.shape[1]):
-            o[r, d] += p * v[i, d]
-    m[r], l[r] = m_new, total
+            o[r, d] *= alpha
+    # ... + P V   (each value row is read once for all the heads)
+    for i in range(a, b):
+        for r in range(r0, r1):
+            p = s[r - r0, i]
+            for d in range(o.shape[1]):
+                o[r, d] += p * v[i, d]
 
 
 @njit(fastmath=FASTMATH)
@@ -169,17 +173,18 @@ def attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, scal
             qr[r, d] = q[t0 + r // group, g * group + r % group, d]
     k = np.empty((TILE, dk), np.float32)
     v = np.empty((TILE, dv), np.float32)
-    s = np.empty(TILE, np.float32)
+    s = np.empty((group, TILE), np.float32)
     for c0 in range(c_lo, c_hi, TILE):
         n = min(TILE, c_hi - c0)
         dequantize_cells(k_raw, g, c0, n, k_fmt, k)     # one dequantized tile serves every
         dequantize_cells(v_raw, g, c0, n, v_fmt, v)     # query row and head of the block
-        for r in range(n_rows):
-            q_pos = pos + t0 + r // group
+        for t in range(t0, t1):
+            q_pos = pos + t
             a = max(c0, q_pos - window + 1) if window > 0 else c0      # the cells of this tile
-            b = min(c0 + n, q_pos + 1)                                 # row r sees: a..b-1
+            b = min(c0 + n, q_pos + 1)                                 # position q_pos sees: a..b-1
             if a < b:
-                online_softmax_step(qr, r, k, v, a - c0, b - c0, scale, m, l, o, s)
+                r0 = (t - t0) * group
+                online_softmax_step(qr, r0, r0 + group, k, v, a - c0, b - c0, scale, m, l, o, s)
     for r in range(n_rows):
         t, h = t0 + r // group, g * group + r % group
         m_out[split, t, h], l_out[split, t, h] = m[r], l[r]
@@ -237,7 +242,7 @@ def flash_kernel(q, k_raw, v_raw, k_fmt, v_fmt, first, pos, scale, window, n_spl
         c_lo, c_hi = split_range(first, pos, t0, t1, window, s, n_split)
         attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, sc, window,
                      s, m, l, o)
-    for t in prange(T):
+    for t in range(T):                  # cheap next to the above: one parallel region is enough
         merge_splits(m, l, o, t, out)
 
 
@@ -264,5 +269,19 @@ def flash_attention(q: np.ndarray, kv: KVView, pos: int, scale: float, window: i
 
 
 def kernels() -> list:
-    """The numba dispatchers of this module (for jit's warm-cache check)."""
-    return [flash_kernel] if HAVE_NUMBA else []
+    """The numba dispatchers warmup() compiles (for jit's warm-cache check)."""
+    if not HAVE_NUMBA:
+        return []
+    return [flash_kernel, quantize_q8_0_rows, quantize_q4_0_rows]
+
+
+def warmup() -> None:
+    """Compile (or load from numba's disk cache) the flash kernel and the KV quantizers, so
+    the first token does not wait ~10 s for them.  One compilation serves every KV type."""
+    if not HAVE_NUMBA:
+        return
+    x = np.ones((2, 1, 32), np.float32)
+    for kv_type in ("q8_0", "q4_0"):
+        cache = KVCache(1, 1, 32, 32, 4, kv_type)
+        cache.store(0, 0, x, x)
+    flash_attention(np.ones((2, 2, 32), np.float32), cache.view(0, 2), 0, 0.1)

@@ -225,9 +225,12 @@ class Chat:
             t_decode[0] = time.perf_counter()
 
         def on_token(_tok: int) -> None:
-            # on a terminal the line interrupts the reply being written: give it its own line
+            # Called when token n has been sampled: n - 1 decode steps are done (the first
+            # token's logits came from the prompt).  On a terminal the line interrupts the
+            # reply being written, so it gets a line of its own.
             dt = time.perf_counter() - t_decode[0]
-            self.info(self.tty_break + self.meter.line(f"token {stats.n_gen} {rate(stats.n_gen, dt)}"))
+            midline = self.tty_break if pieces and not pieces[-1].endswith("\n") else ""
+            self.info(midline + self.meter.line(f"token {stats.n_gen} {rate(stats.n_gen - 1, dt)}"))
 
         interrupted = False
         try:
@@ -241,6 +244,12 @@ class Chat:
             stats.stop_reason = "interrupted"
             if t_decode[0]:
                 stats.t_gen = time.perf_counter() - t_decode[0]
+        except Exception:
+            # an error inside the model: the turn did not happen, and what the cache holds is
+            # unknown, so it is emptied (the next turn re-reads the conversation)
+            self.messages.pop()
+            self.session.reset()
+            raise
         text = "".join(pieces)
         msg = {"role": "assistant", "content": text}
         if interrupted:
@@ -558,6 +567,12 @@ def run_interactive(chat: Chat) -> None:
             chat.info(f"error: {e}")
         except KeyboardInterrupt:       # a second Ctrl-C while a status line was printed
             chat.info("[interrupted]")
+        except Exception as e:          # a bug must not take the conversation with it
+            if os.environ.get("TINYLLM_DEBUG"):
+                import traceback
+                traceback.print_exc()
+            chat.info(f"internal error: {type(e).__name__}: {e} -- the conversation is kept "
+                      f"(TINYLLM_DEBUG=1 shows the traceback)")
 
 
 def run_chat(args) -> None:

@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import TinyLLMError
 from ..jit import HAVE_NUMBA, call_serial
 from . import float as _float, q4, q5, q8_0, kquants, iq4
-from .common import F16_TO_F32, QuantFormat
+from .activations import ROUND_LIKE_LLAMA_CPP
+from .common import F16_TO_F32, QuantFormat, row_chunks
 
 # name -> QuantFormat, in the order they are listed to users
 FORMATS: dict[str, QuantFormat] = {}
@@ -100,10 +101,19 @@ class QTensor:
         return dequantize(self.raw[ids], self.ggml_type)
 
 
+def linear_exact_np(w: QTensor, x: np.ndarray) -> np.ndarray:
+    """The numpy fallback: dequantize a few MiB of rows at a time and let BLAS multiply."""
+    out = np.empty((x.shape[0], w.n_rows), np.float32)
+    for r0, r1 in row_chunks(w.n_rows, w.n_cols, x.shape[0]):
+        out[:, r0:r1] = x @ dequantize(w.raw[r0:r1], w.ggml_type).T
+    return out
+
+
 def linear(x: np.ndarray, w: QTensor, out=None) -> np.ndarray:
     """y = x @ W^T.   x (n_cols,) -> (n_rows,)   or   x (T, n_cols) -> (T, n_rows).
 
-    x is rounded to the weight type's activation format first (see activations.py)."""
+    x is used as it is, unless TINYLLM_ACTIVATIONS=llama asks for llama.cpp's rounding
+    (see activations.py)."""
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
     shape = x.shape[:-1] + (w.n_rows,)
@@ -112,7 +122,7 @@ def linear(x: np.ndarray, w: QTensor, out=None) -> np.ndarray:
         out = np.empty(shape, np.float32)
     y2 = out.reshape(x2.shape[0], w.n_rows)          # a view when out is contiguous
     if w._kernel is None:
-        y2[:] = w.fmt.linear_np(w.raw, x2)
+        y2[:] = w.fmt.linear_np(w.raw, x2) if ROUND_LIKE_LLAMA_CPP else linear_exact_np(w, x2)
     elif w._serial and x2.shape[0] == 1:
         call_serial(w._kernel, w._w, x2, y2, *w._kernel_args)
     else:

@@ -11,9 +11,27 @@ loop is an integer dot product per block:
     F16 / BF16                   F16 / BF16    x rounded to half / bfloat16
     F32                          F32           unchanged
 
-Matching this keeps our logits within float noise of llama.cpp's.  Here the
-quantized x is kept unpacked, as float32 arrays of small integers (exact), so
-kernels can multiply without converting them again for every weight row.
+tinyllm does NOT do this by default: it multiplies the stored weights by x as
+it is (float32), i.e. it computes exactly the product llama.cpp would compute on
+an F32 copy of the same weights.  Why (measured on SmolLM2-135M Q4_1 and Gemma 3
+270M Q4_K_M, see tests/test_agreement.py and scripts/make_fixtures.py):
+  * rounding x to 8 bits is a chaotic perturbation on these small models: a 1e-7
+    change in one dot product flips int8 roundings that grow layer by layer, so
+    llama.cpp disagrees with *itself* by KL 1e-3..4e-2 between its batched and
+    one-token paths, or flash attention on and off.  No independent
+    implementation can land within 1e-3 of one of those paths short of
+    reproducing its SIMD summation order and exp() approximation bit for bit;
+  * without the rounding, tinyllm matches llama.cpp on the F32 copy to KL ~1e-6,
+    and its perplexity is within 0.3 % of llama.cpp's on the quantized file (and
+    slightly lower: the rounding only adds noise);
+  * it costs nothing here: numba cannot emit int8 dot-product instructions, so the
+    kernels multiply in float32 either way.
+Set TINYLLM_ACTIVATIONS=llama to round x the way llama.cpp does (the functions
+below); the kernels and their tests cover both.
+
+When rounding, the quantized x is kept unpacked, as float32 arrays of small
+integers (exact), so kernels can multiply without converting them again for
+every weight row.
 
 Rounding modes follow llama.cpp's reference code: Q8_0/Q8_1 use C roundf (ties
 away from zero) with scale amax/127; Q8_K uses round-half-even with scale
@@ -24,6 +42,7 @@ reach +128 and is clipped to 127).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -31,6 +50,9 @@ from ..jit import njit
 
 QK = 32     # block of Q8_0 / Q8_1
 QK_K = 256  # super-block of Q8_K and the k-quants
+
+# True: round x like llama.cpp before every quantized dot (see the module docstring).
+ROUND_LIKE_LLAMA_CPP = os.environ.get("TINYLLM_ACTIVATIONS", "exact").strip().lower() == "llama"
 
 
 # ---- numpy versions: x (T, n) float32 ---------------------------------------------------------

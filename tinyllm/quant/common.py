@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import HAVE_NUMBA, njit
+from .activations import ROUND_LIKE_LLAMA_CPP
 
 # f16 bit pattern -> float32 value, for all 65536 patterns (256 KiB).  Scales are
 # read as two bytes and looked up here; exact, and cheaper than bit fiddling.
@@ -52,6 +53,16 @@ def f16_at(row, o, lut):
 # ---- the format record -----------------------------------------------------------------------
 # How x is rounded before the dot (llama.cpp's vec_dot type), as kernels.quantize_act's `kind`.
 ACT_KINDS = {"q8_0": 0, "q8_1": 1, "q8_K": 2}
+ACT_EXACT = 3            # x as it is (float32)
+ACT_EXACT_SUMS = 4       # x as it is, plus its per-32 block sums (the m terms of Q4_1/Q5_1)
+ACT_OWN_TYPE = 5         # F16/BF16 weights: x rounded to half / bfloat16, as llama.cpp does
+
+
+def act_kind(act: str, mins) -> int:
+    """The activation handling a kernel gets: llama.cpp's rounding, or x unchanged."""
+    if ROUND_LIKE_LLAMA_CPP:
+        return ACT_KINDS.get(act, ACT_OWN_TYPE if act in ("f16", "bf16") else ACT_EXACT)
+    return ACT_EXACT_SUMS if mins else ACT_EXACT
 
 
 class QuantFormat:
@@ -78,7 +89,7 @@ class QuantFormat:
         self.linear_np = linear_np
         self.unpack_row, self.mins = unpack_row, mins
         self.aux = aux if aux is not None else np.zeros(1, np.float32)
-        self.act_kind = ACT_KINDS.get(act, -1)
+        self.act_kind = act_kind(act, mins)
         # kernel(w, x (T, n), y (T, R), *kernel_args): numba, or None (numpy path).  Block
         # formats share kernels.linear_blocks (attached in __init__.py).
         self.kernel = kernel if HAVE_NUMBA else None

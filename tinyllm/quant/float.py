@@ -59,7 +59,7 @@ def linear_f16(w, x, y, fmt, act, lut, aux):
     xh = np.empty_like(x)
     for t in range(x.shape[0]):
         for k in range(x.shape[1]):
-            xh[t, k] = round_to_f16(x[t, k])
+            xh[t, k] = round_to_f16(x[t, k]) if act == 5 else x[t, k]
     for r in prange(w.shape[0]):
         for t in range(x.shape[0]):
             y[t, r] = dot_f16(w[r], xh[t], lut)

@@ -46,8 +46,20 @@ MAX_CHUNKS = 32   # work items per parallel call (a few per thread: balances a b
 # ---- activations: x (T, n) -> xa (T, n) = d_x q_x, and Q8_1's s_x (T, n/32) -------------------
 @njit
 def quantize_act(kind, x):
-    """kind (common.ACT_KINDS): 0 Q8_0, 1 Q8_1, 2 Q8_K."""
+    """kind (common.ACT_KINDS): 0 Q8_0, 1 Q8_1, 2 Q8_K; 3 x unchanged; 4 x unchanged
+    plus its per-32 sums (for the m of Q4_1/Q5_1: sum_k (d q_k + m) x_k = d q.x + m sum x)."""
     T, n = x.shape
+    if kind == 3:
+        return x, np.empty((T, 0), np.float32)
+    if kind == 4:
+        xs4 = np.empty((T, n // QK), np.float32)
+        for t in range(T):
+            for b in range(n // QK):
+                s = np.float32(0.0)
+                for k in range(b * QK, b * QK + QK):
+                    s += x[t, k]
+                xs4[t, b] = s
+        return x, xs4
     xa = np.empty((T, n), np.float32)
     xs = np.empty((T, n // QK if kind == 1 else 0), np.float32)
     per = QK_K if kind == 2 else QK
