@@ -2,11 +2,13 @@
 
 The terminal tests drive `python -m tinyllm chat` in a pseudo-terminal (pexpect), type
 messages and commands, press Ctrl-C and Ctrl-D, and read the screen.  Replies are greedy
-(--temp 0) on SmolLM2-135M-Instruct; the prompts were checked against llama.cpp
-(llama-cpp-python 0.3.36, same GGUF, greedy): after "Hi, my name is Tom." it answers
-NAME_QUESTION with "Tom.", and without that first turn with "I'm sorry for any
-misunderstanding, but as a text-...".  (Plain "What is my name?" also works in llama.cpp
-but flips to a wrong name under small numeric differences; this wording does not.)
+(--temp 0) on SmolLM2-135M-Instruct.  The prompts were checked against llama.cpp
+(llama-cpp-python 0.3.36, greedy) on both of its paths: the F32 copy of the same weights
+(what tinyllm's exact activations match) and the Q4_1 file itself (TINYLLM_ACTIVATIONS=llama).
+After "Hi, my name is Tom.", NAME_QUESTION is answered "I'm glad you're here, Tom." (F32)
+and "Tom." (Q4_1); asked without that first turn it gets "I'm sorry for any confusion, but
+as a text-based AI, ..." and "I'm here to help with any text or idea ...".  Plain "What is
+my name?" is answered with a wrong name on the F32 path, so it is not used.
 
 Below them, cheaper in-process tests of the conversation logic (context overflow,
 commands, save/load) and of the chat templates (Gemma 3's turn format, BOS exactly once).
@@ -25,7 +27,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 MiB = 1 << 20
-NAME_QUESTION = "What is my name? Answer with one word."
+NAME_QUESTION = "Can you repeat my name?"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
 MEM = re.compile(r"\[mem\] (prompt|reply) (\d+) tok (?:[\d.]+|-) tok/s \| RSS ([\d.]+) MiB( [+-][\d.]+)?"
                  r" \| weights ([\d.]+)/([\d.]+) MiB \| KV (\d+)/(\d+) cells ([\d.]+)/([\d.]+) MiB"
@@ -174,6 +176,7 @@ def test_conversation_in_a_terminal(smollm2_path, tmp_path):
     t.prompt()
     p3 = mem_lines(t.screen[start:t.pos])[0]
     assert p3["n"] < 20 < p3["kv_used"] - p3["n"]
+    command(t, "/set n_predict 24")
 
     # Ctrl-C at an empty prompt does not leave
     t.p.sendintr()
@@ -226,30 +229,32 @@ def test_conversation_in_a_terminal(smollm2_path, tmp_path):
 
 
 def test_context_overflow_in_a_terminal(tmp_path):
-    t = Terminal(["chat", "smollm2-135m", "--temp", "0", "-n", "24", "--ctx", "96",
+    # Replies of at most 8 tokens in a 72-token context, with "Be brief." (8 tokens of
+    # template): two turns plus room for a reply fit (<= 61 tokens), three do not (77 + 8
+    # with replies of 8 tokens), and dropping the first turn is always enough.
+    t = Terminal(["chat", "smollm2-135m", "--temp", "0", "-n", "8", "--ctx", "72",
                   "--system", "Be brief."], chat_env(tmp_path))
     t.prompt()
-    assert "context 96 tokens" in t.screen
+    assert "context 72 tokens" in t.screen
     sent = ["Hi, my name is Tom.", "Tell me a story about a dragon.", NAME_QUESTION]
     ask(t, sent[0])
     ask(t, sent[1])
-    assert "context full" not in t.screen          # 2 turns + room for a reply fit in 96 tokens
-    start = t.type(sent[2])                         # 3 turns + a reply do not
-    n_dropped = int(t.expect(r"context full: .*dropped the (\d+) oldest messages, kept the system prompt")[1])
+    assert "context full" not in t.screen
+    start = t.type(sent[2])
+    t.expect(r"context full: .*dropped the 2 oldest messages, kept the system prompt")
     t.expect(r"\[mem\] reply .*\n")
     t.prompt()
     assert reply_after(t, start)                    # the conversation went on
     for m in mem_lines(t.screen):
-        assert m["kv_used"] <= 96
+        assert m["kv_used"] <= 72
     command(t, f"/save {tmp_path / 'c.json'}")
     msgs = json.loads((tmp_path / "c.json").read_text())["messages"]
-    # whole turns went, oldest first; the system prompt and the new message stayed
-    assert n_dropped % 2 == 0 and 2 <= n_dropped <= 4
+    # the oldest turn went; the system prompt and the new message stayed
     assert msgs[0] == {"role": "system", "content": "Be brief."}
-    assert [m["content"] for m in msgs if m["role"] == "user"] == sent[n_dropped // 2:]
-    assert [m["role"] for m in msgs[1:]] == ["user", "assistant"] * (3 - n_dropped // 2)
+    assert [m["role"] for m in msgs[1:]] == ["user", "assistant"] * 2
+    assert [m["content"] for m in msgs if m["role"] == "user"] == sent[1:]
     assert msgs[-1]["content"]
-    assert f"{n_dropped} messages dropped" in command(t, "/ctx")
+    assert "2 messages dropped" in command(t, "/ctx")
     t.type("/quit")
     assert t.finish() == 0
 

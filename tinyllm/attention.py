@@ -156,7 +156,7 @@ def online_softmax_step(q, r0, r1, k, v, a, b, scale, m, l, o, s):
 
 
 @njit(fastmath=FASTMATH)
-def attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, scale, window,
+def attend_block(q, k_raw, v_raw, fmt, g, t0, t1, c_lo, c_hi, pos, scale, window,
                  split, m_out, l_out, o_out):
     """Query rows t0..t1-1, all query heads of KV head g, against cells c_lo..c_hi-1.
     Writes the unnormalised state to m_out[split], l_out[split] [T, H] and o_out[split]
@@ -176,8 +176,8 @@ def attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, scal
     s = np.empty((group, TILE), np.float32)
     for c0 in range(c_lo, c_hi, TILE):
         n = min(TILE, c_hi - c0)
-        dequantize_cells(k_raw, g, c0, n, k_fmt, k)     # one dequantized tile serves every
-        dequantize_cells(v_raw, g, c0, n, v_fmt, v)     # query row and head of the block
+        dequantize_cells(k_raw, g, c0, n, fmt, k)       # one dequantized tile serves every
+        dequantize_cells(v_raw, g, c0, n, fmt, v)       # query row and head of the block
         for t in range(t0, t1):
             q_pos = pos + t
             a = max(c0, q_pos - window + 1) if window > 0 else c0      # the cells of this tile
@@ -225,8 +225,14 @@ def split_range(first, pos, t0, t1, window, s, n_split):
 
 
 @njit(parallel=True)
-def flash_kernel(q, k_raw, v_raw, k_fmt, v_fmt, first, pos, scale, window, n_split, out):
-    """out [T, H, Dv].  Work items: (KV head, block of BLOCK_Q query rows, KV split)."""
+def flash_kernel(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
+    """out [T, H, Dv] = attention of q [T, H, Dk] (positions pos..pos+T-1) over the cells of
+    k_raw, v_raw [n_cells, Hkv, row_bytes] (format fmt) holding positions first..pos+T-1.
+
+    Work items, spread over the threads: (KV head g, block of BLOCK_Q query rows, KV split).
+    An item takes all the query heads of group g, so each dequantized K/V tile serves
+    group x BLOCK_Q query rows; splitting the KV range keeps the cores busy in decode,
+    where there are only n_head_kv items otherwise."""
     T, n_head = q.shape[0], q.shape[1]
     n_head_kv = k_raw.shape[1]
     dv = out.shape[2]
@@ -240,7 +246,7 @@ def flash_kernel(q, k_raw, v_raw, k_fmt, v_fmt, first, pos, scale, window, n_spl
         t0 = qb * BLOCK_Q
         t1 = min(T, t0 + BLOCK_Q)
         c_lo, c_hi = split_range(first, pos, t0, t1, window, s, n_split)
-        attend_block(q, k_raw, v_raw, k_fmt, v_fmt, g, t0, t1, c_lo, c_hi, pos, sc, window,
+        attend_block(q, k_raw, v_raw, fmt, g, t0, t1, c_lo, c_hi, pos, sc, window,
                      s, m, l, o)
     for t in range(T):                  # cheap next to the above: one parallel region is enough
         merge_splits(m, l, o, t, out)
@@ -263,7 +269,7 @@ def flash_attention(q: np.ndarray, kv: KVView, pos: int, scale: float, window: i
     n_visible = min(kv.n_kv - kv.first, window + T - 1 if window else kv.n_kv)
     out = np.empty((T, n_head, kv.head_dim_v), np.float32)
     q = np.ascontiguousarray(q, dtype=np.float32)
-    flash_kernel(q, kv.k, kv.v, kv.fmt, kv.fmt, kv.first, pos, float(scale), window,
+    flash_kernel(q, kv.k, kv.v, kv.fmt, kv.first, pos, float(scale), window,
                  n_splits(T, n_head_kv, n_visible), out)
     return out
 

@@ -114,3 +114,15 @@ def warmup(type_names, log=print) -> None:
             f"(first run only; cached in {shown})")
     for f in fmts:
         f.warmup()
+
+
+def warm_runtime() -> None:
+    """Load one tiny cached kernel, so numba's code generator is resident (for measuring
+    the runtime's own memory before a model is opened)."""
+    if HAVE_NUMBA:
+        _runtime_probe(1)
+
+
+@njit
+def _runtime_probe(n):
+    return n + 1

@@ -148,6 +148,9 @@ if HAVE_NUMBA:
         def codegen(context, builder, signature, args):
             return builder.fpext(builder.bitcast(args[0], llvm_ir.HalfType()), llvm_ir.FloatType())
         return nb_types.float32(nb_types.uint16), codegen
+else:
+    def f16_to_f32(bits):
+        return np.float32(np.array(bits, np.uint16).view(np.float16))
 
 
 @njit(fastmath=FASTMATH)

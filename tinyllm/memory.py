@@ -310,15 +310,19 @@ def measured(pid="self", model_path: str | None = None) -> Measured:
     return Measured(rss=info.rss, peak_rss=peak, source="psutil")
 
 
-def measure_runtime_baseline() -> int:
-    """Anonymous memory of the interpreter + numpy + numba, before any model is opened.
+def measure_runtime_baseline() -> "Measured":
+    """Memory of the interpreter + numpy + numba with its compiler running, before any
+    model is opened: anonymous (heaps) and file-backed (libLLVM and the other shared
+    libraries, ~90 MiB resident).
 
-    Call once at start-up, after importing numba, but before the GGUF is opened (the
-    parsed header is planned separately as metadata_objects), and pass the result to
-    MemoryPlan as runtime_baseline_bytes.  (`import numba` alone is ~90 MiB.)
+    Call once at start-up, before the GGUF is opened (the parsed header is planned
+    separately as metadata_objects), and pass the result to MemoryPlan / ledger() as
+    runtime_baseline_bytes.  A cached kernel is loaded first, because numba's code
+    generator (LLVM) only becomes resident when the first kernel is.
     """
-    m = measured()
-    return m.rss_anon if m.rss_anon is not None else m.rss
+    from . import jit
+    jit.warm_runtime()
+    return measured()
 
 
 # ---- the plan and the ledger ------------------------------------------------------------
@@ -341,14 +345,20 @@ class MemoryPlan:
     scratch: dict
     file_bytes: int = 0                 # the whole mapped file: header + tensor data
     metadata_objects: int = 0           # metadata_object_bytes()
-    runtime_baseline: int = 0
+    runtime_baseline: int = 0           # anonymous part of the runtime
     all_logits: bool = False
+    runtime_files: int = 0              # file-backed part of the runtime (shared libraries)
 
     @classmethod
     def from_gguf(cls, g, n_ctx: int, kv_type: str = "f16", n_batch: int = 32,
                   flash_attn: bool = True, n_tokens: int = 0, runtime_baseline_bytes: int = 0,
                   kv_chunk: int = KV_CHUNK, all_logits: bool = False) -> "MemoryPlan":
         shape = ModelShape.from_gguf(g)
+        runtime_files = 0
+        if isinstance(runtime_baseline_bytes, Measured):      # from measure_runtime_baseline()
+            m = runtime_baseline_bytes
+            runtime_baseline_bytes = m.rss_anon if m.rss_anon is not None else m.rss
+            runtime_files = m.rss_file or 0
         return cls(
             model_path=g.path, shape=shape, n_ctx=n_ctx, kv_type=kv_type, n_batch=n_batch,
             flash_attn=flash_attn, n_tokens=n_tokens, kv_chunk=kv_chunk,
@@ -357,7 +367,8 @@ class MemoryPlan:
             kv_full=kv_cache_bytes(shape, n_ctx, kv_type, None, kv_chunk),
             scratch=scratch_bytes(shape, n_batch, n_ctx, flash_attn, all_logits),
             file_bytes=g.file_size, metadata_objects=metadata_object_bytes(g),
-            runtime_baseline=runtime_baseline_bytes, all_logits=all_logits)
+            runtime_baseline=runtime_baseline_bytes, all_logits=all_logits,
+            runtime_files=runtime_files)
 
     def at(self, n_tokens: int) -> "MemoryPlan":
         """The same plan with the KV cache grown to hold n_tokens."""
@@ -380,7 +391,7 @@ class MemoryPlan:
     @property
     def rss(self) -> int:
         """Everything resident once every page of the model file has been touched."""
-        return self.file_bytes + self.anon
+        return self.file_bytes + self.anon + self.runtime_files
 
 
 def _mib(n) -> str:
@@ -429,7 +440,9 @@ class Ledger:
         row(f"scratch (n_batch {p.n_batch})", p.scratch_total, None, "part of anonymous")
         row("metadata as Python objects (vocab)", p.metadata_objects, None, "part of anonymous")
         row("runtime (Python, numpy, numba)", p.runtime_baseline or None, None,
-            "measured at start-up" if p.runtime_baseline else "not measured")
+            "anonymous, measured at start-up" if p.runtime_baseline else "not measured")
+        if p.runtime_files:
+            row("runtime shared libraries", p.runtime_files, None, "file-backed, measured at start-up")
         if m is not None:
             row("anonymous", p.anon, m.rss_anon, "RssAnon")
             other = None
