@@ -2,13 +2,14 @@
 
 The terminal tests drive `python -m tinyllm chat` in a pseudo-terminal (pexpect), type
 messages and commands, press Ctrl-C and Ctrl-D, and read the screen.  Replies are greedy
-(--temp 0) on SmolLM2-135M-Instruct.  The prompts were checked against llama.cpp
-(llama-cpp-python 0.3.36, greedy) on both of its paths: the F32 copy of the same weights
-(what tinyllm's exact activations match) and the Q4_1 file itself (TINYLLM_ACTIVATIONS=llama).
-After "Hi, my name is Tom.", NAME_QUESTION is answered "I'm glad you're here, Tom." (F32)
-and "Tom." (Q4_1); asked without that first turn it gets "I'm sorry for any confusion, but
-as a text-based AI, ..." and "I'm here to help with any text or idea ...".  Plain "What is
-my name?" is answered with a wrong name on the F32 path, so it is not used.
+(--temp 0) on SmolLM2-135M-Instruct.  The remembered fact was chosen with llama.cpp
+(llama-cpp-python 0.3.36, greedy) on both of its paths -- the F32 copy of the same weights,
+which tinyllm's exact activations match, and the Q4_1 file itself -- and holds on both of
+tinyllm's (exact, and TINYLLM_ACTIVATIONS=llama): after FACT, QUESTION is answered "The
+number 42 is ...", and asked on its own it gets "I'm sorry for any confusion, but as a
+chatbot designed to assist with ... I don't have the ...".  (A name works on llama.cpp's
+Q4_1 path -- "Hi, my name is Tom." / "Can you repeat my name?" -> "Tom." -- but not on all
+four: SmolLM2-135M forgets names easily.)
 
 Below them, cheaper in-process tests of the conversation logic (context overflow,
 commands, save/load) and of the chat templates (Gemma 3's turn format, BOS exactly once).
@@ -27,7 +28,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 MiB = 1 << 20
-NAME_QUESTION = "Can you repeat my name?"
+FACT, QUESTION, ANSWER = "Remember the number 42.", "Which number did I ask you to remember?", "42"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
 MEM = re.compile(r"\[mem\] (prompt|reply) (\d+) tok (?:[\d.]+|-) tok/s \| RSS ([\d.]+) MiB( [+-][\d.]+)?"
                  r" \| weights ([\d.]+)/([\d.]+) MiB \| KV (\d+)/(\d+) cells ([\d.]+)/([\d.]+) MiB"
@@ -132,10 +133,10 @@ def test_conversation_in_a_terminal(smollm2_path, tmp_path):
         assert part in banner, part
 
     # two turns: the second answer needs the first
-    first = ask(t, "Hi, my name is Tom.")
+    first = ask(t, FACT)
     assert first
-    second = ask(t, NAME_QUESTION)
-    assert "Tom" in second
+    second = ask(t, QUESTION)
+    assert ANSWER in second
 
     # a memory line after the prompt and after each reply, numbers that add up
     mem = mem_lines(t.screen)
@@ -195,7 +196,7 @@ def test_conversation_in_a_terminal(smollm2_path, tmp_path):
     # /reset forgets: the same question now gets another answer
     assert "conversation cleared" in command(t, "/reset")
     assert "KV cache holds 0" in command(t, "/ctx")
-    assert "Tom" not in ask(t, NAME_QUESTION)
+    assert ANSWER not in ask(t, QUESTION)
 
     # /load brings the first conversation back, and the model answers from it again
     out = command(t, f"/load {tmp_path / 'after_interrupt.json'}")
@@ -206,7 +207,7 @@ def test_conversation_in_a_terminal(smollm2_path, tmp_path):
     first_turn = dict(saved, messages=saved["messages"][:2])
     (tmp_path / "first_turn.json").write_text(json.dumps(first_turn))
     assert "loaded 2 messages" in command(t, f"/load {tmp_path / 'first_turn.json'}")
-    assert "Tom" in ask(t, NAME_QUESTION)
+    assert ANSWER in ask(t, QUESTION)
 
     # wrong input gets one line of help, never a traceback
     out = command(t, "/frobnicate")
@@ -225,18 +226,18 @@ def test_conversation_in_a_terminal(smollm2_path, tmp_path):
     assert t.finish() == 0
     assert "Traceback" not in t.screen
     history = (tmp_path / "history").read_text()                     # prompt_toolkit's history file
-    assert "Hi, my name is Tom." in history and "/set temp hot" in history
+    assert FACT in history and "/set temp hot" in history
 
 
 def test_context_overflow_in_a_terminal(tmp_path):
-    # Replies of at most 8 tokens in a 72-token context, with "Be brief." (8 tokens of
-    # template): two turns plus room for a reply fit (<= 61 tokens), three do not (77 + 8
-    # with replies of 8 tokens), and dropping the first turn is always enough.
+    # Replies of 1 to 8 tokens (-n 8, so 8 are kept free for a reply) in a 72-token context:
+    # the second turn's prompt is 44..51 tokens (fits), the third's 65..79 (does not), and
+    # without the first turn 46..53 (fits again), so exactly the first turn is dropped.
     t = Terminal(["chat", "smollm2-135m", "--temp", "0", "-n", "8", "--ctx", "72",
                   "--system", "Be brief."], chat_env(tmp_path))
     t.prompt()
     assert "context 72 tokens" in t.screen
-    sent = ["Hi, my name is Tom.", "Tell me a story about a dragon.", NAME_QUESTION]
+    sent = [FACT, "Tell me a story about a dragon.", QUESTION]
     ask(t, sent[0])
     ask(t, sent[1])
     assert "context full" not in t.screen
@@ -264,10 +265,10 @@ def test_context_overflow_in_a_terminal(tmp_path):
 def test_piped_stdin(smollm2_path):
     """One message per line; replies on stdout, status on stderr; --verbose: a line per token."""
     r = run_cli("chat", "smollm2-135m", "--temp", "0", "-n", "24", "--verbose",
-                input=f"Hi, my name is Tom.\n\n{NAME_QUESTION}\n/kv\n/bogus\n")
+                input=f"{FACT}\n\n{QUESTION}\n/kv\n/bogus\n")
     assert r.returncode == 0, r.stderr
     replies = r.stdout.splitlines()
-    assert len(replies) == 2 and "Tom" in replies[1]
+    assert len(replies) == 2 and ANSWER in replies[1]
     assert "[mem]" not in r.stdout and "\x1b" not in r.stdout + r.stderr
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in r.stderr and "KV cache f16:" in r.stderr
     assert "unknown command /bogus" in r.stderr and "Traceback" not in r.stderr
