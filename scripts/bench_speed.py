@@ -26,18 +26,22 @@ ROOT = Path(__file__).resolve().parent.parent
 LLAMA_BENCH = r"""
 import json, sys, time, resource
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 path, threads, n_p, n_g, n_ctx = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
             n_batch=max(n_p, 8), verbose=False)
 rng = np.random.default_rng(0)
 prompt = rng.integers(100, min(llm.n_vocab(), 30000), size=n_p).tolist()
+def last_logits():
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
 llm.eval(prompt[:8]); llm.reset()          # warm-up: touch the weights once
 t0 = time.perf_counter(); llm.eval(prompt); t_pp = time.perf_counter() - t0
-tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+tok = int(np.argmax(last_logits()))
 t0 = time.perf_counter()
 for _ in range(n_g):
-    llm.eval([tok]); tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    llm.eval([tok]); tok = int(np.argmax(last_logits()))
 t_tg = time.perf_counter() - t0
 print(json.dumps({"pp_tok_s": n_p / t_pp, "tg_tok_s": n_g / t_tg,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -91,7 +91,8 @@ def test_ring_equals_full_cache_with_window_mask(kv_type, flash):
     full cache masked to the same window."""
     rng = np.random.default_rng(13)
     window, n_batch, n_head_kv, head_dim = 48, 16, 2, 32
-    ring = KVCache(1, n_head_kv, head_dim, head_dim, 1000, kv_type, windows=[window], chunk=16, n_batch=n_batch)
+    ring = KVCache(1, n_head_kv, head_dim, head_dim, 1000, kv_type, windows=[window], chunk=16,
+                   n_batch=n_batch)
     full = KVCache(1, n_head_kv, head_dim, head_dim, 1000, kv_type, chunk=16)
     pos, checked = 0, 0
     while pos < 400:                                    # 400 positions through a 64-cell ring: 6 wraps

@@ -17,7 +17,8 @@ GGML = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
 def awkward_rows(rng, n_rows, n):
     """Random rows plus the cases rounding rules differ on: all-zero blocks, exact
     halves after scaling, a block whose largest magnitude is negative, huge and tiny values."""
-    x = rng.standard_normal((n_rows, n)).astype(np.float32) * rng.uniform(0.01, 30, (n_rows, 1)).astype(np.float32)
+    scale = rng.uniform(0.01, 30, (n_rows, 1)).astype(np.float32)
+    x = rng.standard_normal((n_rows, n)).astype(np.float32) * scale
     x[0, :32] = 0.0
     x[1, :32] = np.arange(32, dtype=np.float32) - 16.0 + 0.5       # halves: q8_0 ties round away
     x[1, 0] = 127.0                                                  # so d = 1 exactly
@@ -158,6 +159,12 @@ def test_truncate_contract():
     # a caller that ignores the return value cannot silently attend to missing cells
     with pytest.raises(TinyLLMError, match="cannot store"):
         ring.store(0, 150, xs[150:151], xs[150:151])
+    # nor can it rewrite an old position in place
+    fill(ring, xs, 0, [8] * 25)
+    with pytest.raises(TinyLLMError, match="no longer holds"):
+        ring.store(0, 150, xs[150:151], xs[150:151])
+    ring.store(0, 195, xs[195:196], xs[195:196])                      # window 172..195 held: fine
+    assert ring.n_used == 196
     # full layers can always go back
     assert full.can_truncate(3) and full.truncate(3) == 3 and full.n_used == 3
 

@@ -24,6 +24,7 @@ from tinyllm.errors import TinyLLMError
 from tinyllm.gguf_file import GGUFFile
 from tinyllm.quant import FORMATS, QTensor, dequantize, linear, supported_types
 from tinyllm.quant import activations as act
+from tinyllm.quant import common as act_kinds
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -214,6 +215,8 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("name", supported_types())
 def test_linear_matches_references(name):
+    """linear() (exact activations by default) against float64 dequantize(W) @ x, and the
+    numba kernel in llama.cpp-rounding mode against the numpy path with the same rounding."""
     rng = np.random.default_rng(sum(map(ord, name)))
     f = FORMATS[name]
     n_cols = 512 if f.block_size == 256 else 160
@@ -222,14 +225,19 @@ def test_linear_matches_references(name):
     y1 = linear(x[0], w)                       # decode: matvec
     yT = linear(x, w)                          # prefill: matmul
     assert y1.shape == (67,) and yT.shape == (5, 67)
-    same_rounding = f.linear_np(w.raw, x)      # numpy, same activation quantization
-    assert rel_err(y1, same_rounding[0]) < 2e-6
-    assert rel_err(yT, same_rounding) < 2e-6
-    exact = x @ w.dequantize().T               # float64-free plain float reference
-    tol = {"f32": 1e-6, "f16": 2e-3, "bf16": 2e-2}.get(f.act, 3e-2)
-    assert rel_err(yT, exact) < tol
+    exact = x.astype(np.float64) @ w.dequantize().astype(np.float64).T
+    assert rel_err(y1, exact[0]) < 2e-6
+    assert rel_err(yT, exact) < 2e-6
     out = np.full(67, np.nan, np.float32)
     assert linear(x[0], w, out=out) is out and np.array_equal(out, y1)
+    if f.kernel is not None and f.act in act_kinds.ACT_KINDS:
+        # the same kernel, asked to round x like llama.cpp, equals the numpy rounding path
+        y = np.empty((5, 67), np.float32)
+        f.kernel(w._w, x, y, f.ggml_type, act_kinds.ACT_KINDS[f.act], *f.kernel_args[2:])
+        same_rounding = f.linear_np(w.raw, x)
+        assert rel_err(y, same_rounding) < 2e-6
+        tol = {"f16": 2e-3, "bf16": 2e-2}.get(f.act, 3e-2)
+        assert rel_err(same_rounding, exact) < tol
 
 
 def test_linear_on_real_layers(models):
@@ -244,10 +252,9 @@ def test_linear_on_real_layers(models):
         raw = g.raw(name)[:3000]
         w = QTensor(raw, info.ggml_type, info.ne[0])
         x = rng.standard_normal((2, info.ne[0])).astype(np.float32)
-        y = linear(x, w)
-        assert rel_err(linear(x[1], w), w.fmt.linear_np(w.raw, x[1:])[0]) < 2e-6, name
-        assert rel_err(y, w.fmt.linear_np(w.raw, x)) < 2e-6, name
-        assert rel_err(y, x @ gguf_dequantize(raw, info.type_name).T) < 3e-2, name
+        exact = x.astype(np.float64) @ gguf_dequantize(raw, info.type_name).astype(np.float64).T
+        assert rel_err(linear(x[1], w), exact[1]) < 2e-6, name
+        assert rel_err(linear(x, w), exact) < 2e-6, name
 
 
 # ---- the no-numba fallback -------------------------------------------------------------------

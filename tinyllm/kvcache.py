@@ -396,6 +396,9 @@ class KVCache:
             raise TinyLLMError(f"KV cache layer {layer} holds {L.n_stored} positions; cannot store "
                                f"position {pos} (truncate() returned a smaller position?)")
         if pos < L.n_stored:                       # overwriting: forget what came after pos
+            if not L.keeps_window_of(pos):
+                raise TinyLLMError(f"KV cache layer {layer} no longer holds the window before "
+                                   f"position {pos}; truncate() first and re-feed from what it returns")
             self._truncate_layer(L, pos)
         self._reserve(L, end, T)
         L.write(pos, quantize_rows(k, self.kv_type), quantize_rows(v, self.kv_type))
@@ -417,7 +420,8 @@ class KVCache:
         return KVView(L.k, L.v, self.kv_type, L.first, n_kv)
 
     def keys(self, layer: int, n: int) -> np.ndarray:
-        """float32 [n - first, n_head_kv, head_dim_k]: positions first..n-1 (first = 0 unless a ring wrapped)."""
+        """float32 [n - first, n_head_kv, head_dim_k]: positions first..n-1
+        (first = 0 unless a ring wrapped)."""
         return self.view(layer, n).keys()
 
     def values(self, layer: int, n: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import TinyLLMError
 from ..jit import HAVE_NUMBA, call_serial
-from . import float as _float, q4, q5, q8_0, kquants, iq4
+from . import decode, float as _float, q4, q5, q8_0, kquants, iq4
 from .activations import ROUND_LIKE_LLAMA_CPP
 from .common import F16_TO_F32, QuantFormat, row_chunks
 
@@ -86,6 +86,9 @@ class QTensor:
         self._w = f.weight_view(raw)     # what the numba kernel reads (a view)
         self._kernel, self._kernel_args = f.kernel, f.kernel_args
         self._serial = self.nbytes < SERIAL_BELOW_BYTES
+        # one-token matvec straight from the bytes (decode.py) where a fused dot exists
+        self._decode = (decode.matvec if HAVE_NUMBA and not ROUND_LIKE_LLAMA_CPP
+                        and f.ggml_type in decode.FUSED_TYPES else None)
 
     def __repr__(self):
         return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"
@@ -123,6 +126,9 @@ def linear(x: np.ndarray, w: QTensor, out=None) -> np.ndarray:
     y2 = out.reshape(x2.shape[0], w.n_rows)          # a view when out is contiguous
     if w._kernel is None:
         y2[:] = w.fmt.linear_np(w.raw, x2) if ROUND_LIKE_LLAMA_CPP else linear_exact_np(w, x2)
+    elif w._decode is not None and x2.shape[0] == 1:
+        args = (w._w, x2[0], y2[0], w.ggml_type, F16_TO_F32)
+        call_serial(w._decode, *args) if w._serial else w._decode(*args)
     elif w._serial and x2.shape[0] == 1:
         call_serial(w._kernel, w._w, x2, y2, *w._kernel_args)
     else:

@@ -98,7 +98,11 @@ class QuantFormat:
         self.weight_view = weight_view or (lambda raw: raw)
 
     def kernels(self):
-        return [self.kernel] if self.kernel is not None else []
+        from . import decode
+        ks = [self.kernel] if self.kernel is not None else []
+        if ks and self.ggml_type in decode.FUSED_TYPES:
+            ks.append(decode.matvec)
+        return ks
 
     def warmup(self):
         """Run the kernel once on a tiny matrix: compiles or loads the cache for exactly
@@ -109,6 +113,10 @@ class QuantFormat:
         raw = np.zeros((2, n_cols // self.block_size * self.type_size), np.uint8)
         self.kernel(self.weight_view(raw), np.zeros((1, n_cols), np.float32),
                     np.zeros((1, 2), np.float32), *self.kernel_args)
+        from . import decode
+        if self.ggml_type in decode.FUSED_TYPES:
+            decode.matvec(raw, np.zeros(n_cols, np.float32), np.zeros(2, np.float32),
+                          self.ggml_type, F16_TO_F32)
 
     def __repr__(self):
         return f"QuantFormat({self.name})"
