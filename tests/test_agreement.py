@@ -114,18 +114,38 @@ def alice_text():
     return (FIXTURES / "text" / "alice_ch1-3.txt").read_text(encoding="utf-8")
 
 
+def _reference_ppl(name, which, n_win, n_scored):
+    ref = json.loads((FIXTURES / name / "perplexity.json").read_text())["results"][f"{which}_ctx512"]
+    return float(np.exp(sum(ref["nll_per_window"][:n_win]) / n_scored))
+
+
 def test_perplexity_matches_llama_cpp(case, alice_text):
-    """Same windows as llama.cpp: >= 10 windows of 512 tokens (>= 5,000 scored tokens)."""
+    """Same windows as llama.cpp: 10 windows of 512 tokens (5,110 scored tokens).
+    Exact activations compute what llama.cpp computes on the F32 copy: tight."""
     from tinyllm.perplexity import perplexity
     name, model, tok, meta, npz = case
-    ref = json.loads((FIXTURES / name / "perplexity.json").read_text())
-    q = ref["results"]["q_ctx512"]
-    n_win = min(10, q["n_windows"])
-    res = perplexity(model, tok, alice_text, 512, max_windows=n_win)
-    assert res.n_scored == n_win * 511 >= 5000
-    ref_ppl = float(np.exp(sum(q["nll_per_window"][:n_win]) / res.n_scored))
-    f32 = ref["results"]["f32_ctx512"]
-    ref_f32 = float(np.exp(sum(f32["nll_per_window"][:n_win]) / res.n_scored))
-    print(f"{name}: perplexity tinyllm {res.ppl:.4f}, llama.cpp {ref_ppl:.4f} "
-          f"({100 * (res.ppl / ref_ppl - 1):+.3f} %), llama.cpp F32 copy {ref_f32:.4f}")
-    assert abs(res.ppl / ref_ppl - 1) <= 0.005
+    res = perplexity(model, tok, alice_text, 512, max_windows=10)
+    assert res.n_scored == 10 * 511 >= 5000
+    ref_q, ref_f32 = (_reference_ppl(name, w, 10, res.n_scored) for w in ("q", "f32"))
+    print(f"{name}: perplexity tinyllm {res.ppl:.4f}; llama.cpp F32 copy {ref_f32:.4f} "
+          f"({100 * (res.ppl / ref_f32 - 1):+.3f} %), llama.cpp {meta['model_file']} {ref_q:.4f} "
+          f"({100 * (res.ppl / ref_q - 1):+.3f} %)")
+    assert abs(res.ppl / ref_f32 - 1) <= 0.0005
+    assert abs(res.ppl / ref_q - 1) <= 0.01
+
+
+def test_perplexity_with_llama_cpp_activation_rounding(case):
+    """TINYLLM_ACTIVATIONS=llama rounds activations to 8 bits as llama.cpp does; then the
+    perplexity is within 0.5 % of llama.cpp's on the quantized file, same windows."""
+    from conftest import run_cli
+    name, model, tok, meta, npz = case
+    r = run_cli("perplexity", model.path, "--file", FIXTURES / "text" / "alice_ch1-3.txt",
+                "--ctx", "512", "--windows", "10", "--json", env={"TINYLLM_ACTIVATIONS": "llama"},
+                timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    ref_q = _reference_ppl(name, "q", 10, out["tokens"])
+    print(f"{name}: perplexity with llama.cpp's activation rounding {out['ppl']:.4f}, "
+          f"llama.cpp {ref_q:.4f} ({100 * (out['ppl'] / ref_q - 1):+.3f} %)")
+    assert out["tokens"] == 5110
+    assert abs(out["ppl"] / ref_q - 1) <= 0.005

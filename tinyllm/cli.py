@@ -37,7 +37,7 @@ def peak_rss_mib() -> float:
 
 def open_model(args, quiet: bool = False):
     """MODEL name/path -> (Model, Tokenizer). Pulls registry models that are missing."""
-    from . import jit
+    from . import attention, jit
     from .model import Model
     from .registry import resolve
     from .tokenizer import Tokenizer
@@ -45,10 +45,12 @@ def open_model(args, quiet: bool = False):
     path = resolve(args.model, pull_if_missing=True, log=log)
     if getattr(args, "threads", None):
         jit.set_threads(args.threads)
-    model = Model(path, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"))
+    model = Model(path, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"),
+                  flash_attn=getattr(args, "flash_attn", "on") == "on")
     tok = Tokenizer.from_gguf(model.gguf)
     types = sorted({t.type_name for t in model.gguf.tensors.values()})
     jit.warmup(types, log=(lambda m: None) if quiet else log)
+    attention.warmup()
     return model, tok
 
 
@@ -132,14 +134,16 @@ def cmd_tokenize(args):
 
 def cmd_perplexity(args):
     from .perplexity import perplexity
+    args.ctx = args.ctx or 512            # --ctx is the window length here
     model, tok = open_model(args, quiet=args.json)
     try:
         with open(args.file, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise TinyLLMError(f"cannot read {args.file}: {e.strerror}") from None
-    res = perplexity(model, tok, text, args.ctx or 512,
-                     progress=None if args.json else (lambda i, n, p: log(f"window {i}/{n}: ppl {p:.4f}")))
+    res = perplexity(model, tok, text, model.n_ctx,
+                     progress=None if args.json else (lambda i, n, p: log(f"window {i}/{n}: ppl {p:.4f}")),
+                     max_windows=args.windows)
     if args.json:
         print(json.dumps({"ppl": res.ppl, "tokens": res.n_scored}))
     else:
@@ -249,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perplexity", help="perplexity of a text file")
     _model_args(p)
     p.add_argument("--file", "-f", required=True)
+    p.add_argument("--windows", type=int, default=None, help="score only the first N windows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_perplexity)
 

@@ -61,7 +61,9 @@ class Session:
             n_common += 1
         if n_common == len(ids):       # nothing new: recompute the last position for its logits
             n_common -= 1
-        self.model.cache.truncate(n_common)
+        # a sliding-window ring may no longer hold what position n_common needs to see:
+        # then the cache starts over and truncate() says so by returning 0
+        n_common = self.model.cache.truncate(n_common)
         self.tokens = list(ids[:n_common])
         self.n_fed = len(ids) - n_common
         logits = None

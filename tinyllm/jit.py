@@ -14,7 +14,22 @@ from __future__ import annotations
 import glob
 import os
 
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tinyllm", "numba")
+def _sources_digest() -> str:
+    """A short hash of tinyllm's own sources.  numba's cache notices when a kernel's
+    file changes, not when a function it calls from another file does; keying the
+    cache directory by all sources makes any edit or upgrade start a fresh cache."""
+    import hashlib
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for d, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            if f.endswith(".py"):
+                with open(os.path.join(d, f), "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()[:12]
+
+
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tinyllm", "numba", _sources_digest())
 os.environ.setdefault("NUMBA_CACHE_DIR", DEFAULT_CACHE_DIR)
 CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 

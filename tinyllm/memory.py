@@ -175,18 +175,20 @@ def kv_bytes_per_cell(shape, kv_type: str) -> int:
             + kv_row_bytes(kv_type, shape.n_head_kv * shape.head_dim_v))
 
 
-def kv_cells(shape, n_ctx: int, n_tokens: int | None = None, chunk: int = KV_CHUNK) -> list:
+def kv_cells(shape, n_ctx: int, n_tokens: int | None = None, chunk: int = KV_CHUNK,
+             n_batch: int = 256) -> list:
     """Cells allocated in each layer.
 
     n_tokens None: the full context, n_ctx cells.  Otherwise the cache has grown
     to hold n_tokens, in steps of `chunk`: min(n_ctx, ceil(n_tokens / chunk) * chunk)
     (0 before the first token).  A sliding-window layer never needs more than its
-    window: it is a ring buffer of min(that, sliding_window) cells.
+    window plus one batch of new tokens (those attend to the window before them):
+    a ring buffer of min(that, sliding_window + n_batch) cells.
     """
     full = n_ctx if n_tokens is None else min(n_ctx, -(-max(0, n_tokens) // chunk) * chunk)
     swa = set(getattr(shape, "swa_layers", ()) or ())
     window = getattr(shape, "sliding_window", 0) or 0
-    return [min(full, window) if (il in swa and window) else full for il in range(shape.n_layer)]
+    return [min(full, window + n_batch) if (il in swa and window) else full for il in range(shape.n_layer)]
 
 
 def kv_cache_bytes(shape, n_ctx: int, kv_type: str = "f16", n_tokens: int | None = None,
