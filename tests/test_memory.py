@@ -84,10 +84,11 @@ def test_kv_cache_grows_in_chunks(smol):
 def test_gemma3_sliding_window_layers_keep_only_the_window(gemma):
     s = memory.ModelShape.from_gguf(gemma)
     per_cell = 1 * (256 + 256) * 2
-    # 3 global layers hold the context, 15 local ones a ring of 512 cells
-    assert memory.kv_cache_bytes(s, 8192, "f16") == (3 * 8192 + 15 * 512) * per_cell
+    # 3 global layers hold the context, 15 local ones a ring of the 512-cell window plus
+    # one 256-token batch (new tokens attend to the window before them)
+    assert memory.kv_cache_bytes(s, 8192, "f16") == (3 * 8192 + 15 * 768) * per_cell
     assert memory.kv_cache_bytes(s, 8192, "f16", n_tokens=300) == 18 * 512 * per_cell
-    assert memory.kv_cache_bytes(s, 8192, "f16", n_tokens=5000) == (3 * 5120 + 15 * 512) * per_cell
+    assert memory.kv_cache_bytes(s, 8192, "f16", n_tokens=5000) == (3 * 5120 + 15 * 768) * per_cell
     assert memory.kv_cells(s, 256)[0] == 256            # window larger than the context
 
 
@@ -184,3 +185,17 @@ def test_ledger_table(smol):
     cpu = next(f for f in led.ollama if f.band.key == "cpu-0.24")
     assert cpu.size == led.plan.weights + 45 * MiB
     assert led.measured.rss > 0
+
+
+@pytest.mark.parametrize("n_tokens", [1, 300, 1100])
+def test_planned_kv_equals_the_real_cache(gemma3, n_tokens):
+    """The ledger's KV figure is the bytes the running cache has allocated."""
+    model, _ = gemma3
+    model.reset()
+    model.forward(list(range(1000, 1000 + min(n_tokens, 256))), 0)
+    for start in range(256, n_tokens, 256):
+        model.forward(list(range(1000, 1000 + min(256, n_tokens - start))), start)
+    s = memory.ModelShape.from_gguf(model.gguf)
+    planned = memory.kv_cache_bytes(s, model.n_ctx, model.cache.kv_type, n_tokens=n_tokens)
+    assert model.cache.nbytes_allocated == planned
+    model.reset()
