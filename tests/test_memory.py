@@ -188,14 +188,13 @@ def test_ledger_table(smol):
 
 
 @pytest.mark.parametrize("n_tokens", [1, 300, 1100])
-def test_planned_kv_equals_the_real_cache(gemma3, n_tokens):
-    """The ledger's KV figure is the bytes the running cache has allocated."""
-    model, _ = gemma3
-    model.reset()
+def test_planned_kv_equals_the_real_cache(gemma3_path, n_tokens):
+    """The ledger's KV figure is the bytes a fresh cache has allocated after n_tokens."""
+    from tinyllm.model import Model
+    model = Model(gemma3_path, n_ctx=2048)
     model.forward(list(range(1000, 1000 + min(n_tokens, 256))), 0)
     for start in range(256, n_tokens, 256):
         model.forward(list(range(1000, 1000 + min(256, n_tokens - start))), start)
     s = memory.ModelShape.from_gguf(model.gguf)
     planned = memory.kv_cache_bytes(s, model.n_ctx, model.cache.kv_type, n_tokens=n_tokens)
     assert model.cache.nbytes_allocated == planned
-    model.reset()
