@@ -480,6 +480,15 @@ def warm_kernels(model, info) -> None:
     if cached:
         info(f"  kernels: {', '.join(cached)} loaded from the disk cache "
              f"({time.perf_counter() - t_all:.1f} s)")
+    # the attention kernels too, so the first reply does not stall on a compile
+    from . import attention
+    t0 = time.perf_counter()
+    cold = not jit._cache_is_warm(attention.kernels())
+    if cold:
+        info("  kernels: compiling attention (first run only) ...")
+    attention.warmup()
+    if cold:
+        info(f"  kernels: attention compiled in {time.perf_counter() - t0:.1f} s")
 
 
 # ---- the loops ----------------------------------------------------------------------------
