@@ -134,7 +134,9 @@ def cmd_tokenize(args):
 
 def cmd_perplexity(args):
     from .perplexity import perplexity
-    args.ctx = args.ctx or 512            # --ctx is the window length here
+    args.ctx = 512 if args.ctx is None else args.ctx   # --ctx is the window length here
+    if args.windows is not None and args.windows <= 0:
+        raise TinyLLMError(f"--windows must be positive, got {args.windows}")
     model, tok = open_model(args, quiet=args.json)
     try:
         with open(args.file, encoding="utf-8") as f:
@@ -194,7 +196,9 @@ def cmd_mem(args):
     flash = args.flash_attn == "on"
     if not args.run:
         g = GGUFFile(resolve(args.model, pull_if_missing=True, log=log))
-        n_ctx = args.ctx or 2048
+        n_ctx = 2048 if args.ctx is None else args.ctx
+        if n_ctx <= 0:
+            raise TinyLLMError(f"--ctx must be positive, got {n_ctx}")
         print(memory.ledger(g, n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_ctx,
                             num_parallel=args.parallel, measure=False).table())
         return

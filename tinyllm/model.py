@@ -187,7 +187,7 @@ class Model:
         self.cfg = Config.from_gguf(self.gguf)
         self.weights = Weights.from_gguf(self.gguf, self.cfg)
         # default 2048 cells, never more than the model was trained for
-        self.n_ctx = n_ctx = n_ctx or min(2048, self.cfg.n_ctx_train)
+        self.n_ctx = n_ctx = min(2048, self.cfg.n_ctx_train) if n_ctx is None else int(n_ctx)
         if n_ctx <= 0:
             raise TinyLLMError(f"context length must be positive, got {n_ctx}")
         self.cache = KVCache(self.cfg.n_layer, self.cfg.n_head_kv, self.cfg.head_dim,
