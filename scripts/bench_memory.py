@@ -71,7 +71,6 @@ def main():
                                 str(a.threads)]) if llama_py else {}
                 rows.append({"model": name, "n_ctx": n_ctx, "flash_attn": fa, "kv": kv, "tinyllm": ours,
                              "llama_cpp": ref})
-                r = rows[-1]
                 t, l = ours.get("peak_rss_mib"), ref.get("peak_rss_mib")
                 ledger_err = (100 * (ours["planned_rss_mib"] / ours["rss_mib"] - 1)
                               if "planned_rss_mib" in ours else float("nan"))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,13 @@ def smollm2(smollm2_path):
     from tinyllm.tokenizer import Tokenizer
     m = Model(smollm2_path, n_ctx=2048)
     return m, Tokenizer.from_gguf(m.gguf)
+
+
+def kl(p_logits, q_logits) -> float:
+    """KL(p || q) of the softmax distributions of two logit vectors, in nats (float64)."""
+    from tinyllm.perplexity import log_softmax
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return float(np.sum(np.exp(lp) * (lp - lq)))
 
 
 def run_cli(*args, input=None, timeout=600, env=None):

@@ -9,19 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
-
-
-def log_softmax(z):
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max()
-    return z - np.log(np.exp(z).sum())
-
-
-def kl(p_logits, q_logits) -> float:
-    """KL(p || q) of the softmax distributions, in nats."""
-    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
-    return float(np.sum(np.exp(lp) * (lp - lq)))
+from conftest import FIXTURES, kl
+from tinyllm.perplexity import log_softmax
 
 
 def kl_vs_reference(meta, npz, which, i, ours) -> float:

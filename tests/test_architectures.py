@@ -9,23 +9,14 @@ Q/K norms, Gemma's embedding scale, post-norms, GeGLU and sliding-window layers.
 """
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, kl
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from synthetic_gguf import ARCHS, write_model  # noqa: E402
-
-
-def kl(p_logits, q_logits) -> float:
-    lp = p_logits.astype(np.float64) - p_logits.max()
-    lp -= np.log(np.exp(lp).sum())
-    lq = q_logits.astype(np.float64) - q_logits.max()
-    lq -= np.log(np.exp(lq).sum())
-    return float(np.sum(np.exp(lp) * (lp - lq)))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -20,17 +20,10 @@ def log(msg: str) -> None:
 
 
 def peak_rss_mib() -> float:
-    """VmHWM: the most resident memory this process has had, in MiB (2^20 bytes)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource  # macOS: ru_maxrss is in bytes there
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024
+    """The most resident memory this process has had (VmHWM), in MiB (2^20 bytes)."""
+    from .memory import measured
+    m = measured()
+    return (m.peak_rss if m.peak_rss is not None else m.rss) / 2**20
 
 
 # ---- loading ---------------------------------------------------------------------------
@@ -155,7 +148,7 @@ def cmd_perplexity(args):
 def cmd_bench(args):
     import numpy as np
 
-    from . import jit, memory  # noqa: F401  (numba is part of the runtime baseline)
+    from . import memory
     baseline = memory.measure_runtime_baseline()
     model, tok = open_model(args, quiet=args.json)
     rng = np.random.default_rng(0)
@@ -204,7 +197,6 @@ def cmd_mem(args):
         return
     # --run: measure the runtime first (numba imported, no model yet), then load the
     # model, fill the context with a prompt, and put planned and measured side by side.
-    from . import jit  # noqa: F401  (imports numba: part of the runtime baseline)
     import numpy as np
     baseline = memory.measure_runtime_baseline()
     model, tok = open_model(args)

@@ -26,7 +26,7 @@ import regex
 
 from ..errors import TinyLLMError
 from .merge import merge_pairs
-from .vocab import TokenAttr, Vocab
+from .vocab import Vocab
 
 
 def _byte_to_char() -> list[str]:
@@ -154,13 +154,5 @@ class BytePairEncoding:
         return ids
 
     def piece(self, tid: int) -> bytes:
-        """The bytes token `tid` stands for, control tokens included."""
-        text = self.vocab.tokens[tid]
-        attr = int(self.vocab.attr[tid])
-        if attr & (TokenAttr.CONTROL | TokenAttr.UNKNOWN | TokenAttr.USER_DEFINED):
-            return text.encode("utf-8")
-        if attr & TokenAttr.NORMAL:
-            return from_byte_level(text)
-        if attr & TokenAttr.BYTE:
-            return bytes([int(text[3:5], 16)])  # "<0x0A>"
-        return b""
+        """The bytes token `tid` stands for: byte-level text decodes back to bytes."""
+        return self.vocab.piece(tid, from_byte_level)

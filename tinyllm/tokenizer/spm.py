@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .merge import merge_pairs
-from .vocab import TokenAttr, Vocab
+from .vocab import Vocab
 
 SPACE = "\u2581"  # "▁", SentencePiece's visible space
 
@@ -61,13 +61,5 @@ class SentencePiece:
         return ids
 
     def piece(self, tid: int) -> bytes:
-        """The bytes token `tid` stands for, control tokens included."""
-        text = self.vocab.tokens[tid]
-        attr = int(self.vocab.attr[tid])
-        if attr & (TokenAttr.CONTROL | TokenAttr.UNKNOWN | TokenAttr.USER_DEFINED):
-            return text.encode("utf-8")
-        if attr & TokenAttr.NORMAL:
-            return text.replace(SPACE, " ").encode("utf-8")
-        if attr & TokenAttr.BYTE:
-            return bytes([int(text[3:5], 16)])  # "<0x0A>"
-        return b""
+        """The bytes token `tid` stands for: the SentencePiece space mark is a space."""
+        return self.vocab.piece(tid, lambda text: text.replace(SPACE, " ").encode("utf-8"))

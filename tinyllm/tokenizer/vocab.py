@@ -150,6 +150,19 @@ class Vocab:
             self.attr[texts["</s>"]] = TokenAttr.NORMAL
         return eog
 
+    def piece(self, tid: int, normal_bytes) -> bytes:
+        """The bytes token `tid` stands for, control tokens included.  How a NORMAL
+        token's text maps to bytes is the vocabulary type's business (normal_bytes)."""
+        text = self.tokens[tid]
+        attr = int(self.attr[tid])
+        if attr & (TokenAttr.CONTROL | TokenAttr.UNKNOWN | TokenAttr.USER_DEFINED):
+            return text.encode("utf-8")
+        if attr & TokenAttr.NORMAL:
+            return normal_bytes(text)
+        if attr & TokenAttr.BYTE:
+            return bytes([int(text[3:5], 16)])  # "<0x0A>"
+        return b""
+
     def split_special(self, text: str, parse_special: bool) -> list:
         """Cut special tokens out of `text`: a list of str (plain text) and int (token id).
 
