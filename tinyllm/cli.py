@@ -7,6 +7,7 @@ TinyLLMError: one line on stderr, exit status 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -26,11 +27,31 @@ def peak_rss_mib() -> float:
     return (m.peak_rss if m.peak_rss is not None else m.rss) / 2**20
 
 
+def fix_malloc_mmap_threshold(nbytes: int = 256 * 1024) -> None:
+    """Make glibc's malloc give every block of 256 KiB or more its own mmap, returned
+    to the OS on free.
+
+    By default glibc raises that threshold each time a large block is freed (up to
+    32 MiB), after which a prefill's [T, n_ff] temporaries are carved from the heap
+    and stay in RSS after they are freed: measured +18 MiB on SmolLM2 after one
+    512-token prefill.  Setting the threshold once turns the adjustment off.
+    No-op outside glibc.
+    """
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    M_MMAP_THRESHOLD = -3
+    mallopt(M_MMAP_THRESHOLD, int(nbytes))
+
+
 # ---- loading ---------------------------------------------------------------------------
 
 def open_model(args, quiet: bool = False):
     """MODEL name/path -> (Model, Tokenizer). Pulls registry models that are missing."""
     from . import attention, jit
+    from .memory import measured
     from .model import Model
     from .registry import resolve
     from .tokenizer import Tokenizer
@@ -42,8 +63,13 @@ def open_model(args, quiet: bool = False):
                   flash_attn=getattr(args, "flash_attn", "on") == "on")
     tok = Tokenizer.from_gguf(model.gguf)
     types = sorted({t.type_name for t in model.gguf.tensors.values()})
+    anon_before = measured().rss_anon
     jit.warmup(types, log=(lambda m: None) if quiet else log)
     attention.warmup()
+    jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go
+    after = measured().rss_anon
+    # what loading the compiled kernels cost, for the memory ledger
+    model.kernels_bytes = after - anon_before if after is not None and anon_before is not None else None
     return model, tok
 
 
@@ -126,16 +152,30 @@ def cmd_tokenize(args):
 
 
 def cmd_perplexity(args):
-    from .perplexity import perplexity
+    from .perplexity import perplexity, perplexity_kld
     args.ctx = 512 if args.ctx is None else args.ctx   # --ctx is the window length here
     if args.windows is not None and args.windows <= 0:
         raise TinyLLMError(f"--windows must be positive, got {args.windows}")
-    model, tok = open_model(args, quiet=args.json)
     try:
         with open(args.file, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise TinyLLMError(f"cannot read {args.file}: {e.strerror}") from None
+    model, tok = open_model(args, quiet=args.json)
+    if args.kld_base:
+        from .kld import format_summary
+        base_args = argparse.Namespace(**{**vars(args), "model": args.kld_base})
+        base, _ = open_model(base_args, quiet=True)
+        stats = perplexity_kld(model, base, tok, text, args.ctx, max_windows=args.windows, progress=(
+            None if args.json else lambda i, n, st: log(f"window {i}/{n}: mean KLD {st.kld.mean():.4g}")))
+        s = dict(stats.summary(), windows=len(stats.kld) // (args.ctx - 1), ctx=args.ctx,
+                 model=model.path, base=base.path)
+        if args.json:
+            print(json.dumps(s))
+        else:
+            print(f"KL divergence of {model.path} from base {base.path}\n"
+                  f"over {s['tokens']} tokens in {s['windows']} windows of {args.ctx}:\n" + format_summary(s))
+        return
     res = perplexity(model, tok, text, model.n_ctx,
                      progress=None if args.json else (lambda i, n, p: log(f"window {i}/{n}: ppl {p:.4f}")),
                      max_windows=args.windows)
@@ -170,10 +210,11 @@ def cmd_bench(args):
     t_tg = time.perf_counter() - t0
     # the ledger's planned total next to what /proc says, for scripts/bench_memory.py
     led = memory.ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, args.flash_attn == "on",
-                        n_tokens=pos, runtime_baseline_bytes=baseline, measure=True)
+                        n_tokens=pos, runtime_baseline_bytes=baseline, measure=True, tokenizer=tok,
+                        kernels_bytes=model.kernels_bytes)
     res = {"pp_tok_s": args.n_prompt / t_pp, "tg_tok_s": args.n_gen / t_tg if args.n_gen else 0.0,
            "peak_rss_mib": peak_rss_mib(), "rss_mib": led.measured.rss / 2**20,
-           "planned_rss_mib": led.plan.rss / 2**20}
+           "planned_rss_mib": led.plan.rss / 2**20, "planned_peak_mib": led.plan.peak / 2**20}
     if args.json:
         print(json.dumps(res))
     else:
@@ -209,7 +250,7 @@ def cmd_mem(args):
     log(f"filled {n_fill} tokens in {time.perf_counter() - t0:.1f} s")
     print(memory.ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_fill,
                         runtime_baseline_bytes=baseline, num_parallel=args.parallel,
-                        measure=True).table())
+                        measure=True, tokenizer=tok, kernels_bytes=model.kernels_bytes).table())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--file", "-f", required=True)
     p.add_argument("--windows", type=int, default=None, help="score only the first N windows")
+    p.add_argument("--kld-base", default=None, metavar="BASE",
+                   help="also KL divergence from this base model (e.g. the F32 original), token by token")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_perplexity)
 
@@ -268,11 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-batch", type=int, default=256, help="prompt tokens per forward pass")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench)
+
+    # Verbs whose code lives in their own modules: each module has add_arguments(p) and run(args).
+    for verb, module, help_ in (
+            ("quantize", "tinyllm.quantize.cli", "re-quantize a GGUF into another type (F16 ... Q2_K, _S/_M/_L mixes)"),
+            ("inspect", "tinyllm.inspect", "tensors, types and sizes of a GGUF; one quantized block laid open"),
+            ("ladder", "tinyllm.ladder", "quantize a model into each type and compare size, quality, speed")):
+        p = sub.add_parser(verb, help=help_)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(fn=mod.run)
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    fix_malloc_mmap_threshold()
     try:
         args.fn(args)
     except TinyLLMError as e:
