@@ -165,10 +165,11 @@ def test_plan_totals(smol):
     assert plan.weights == sum(t.n_bytes for t in smol.tensors.values())
     assert plan.kv_full == 45 * MiB * 34 // 64
     assert plan.kv_allocated == plan.kv_full * 512 // 2048
-    assert plan.anon == (plan.kv_allocated + plan.scratch_total + plan.metadata_objects
-                         + 100 * MiB)
+    assert plan.anon == (plan.kv_allocated + plan.metadata_objects + plan.tokenizer_objects
+                         + plan.kernels + 100 * MiB)
     assert plan.file_bytes == smol.file_size > plan.weights
     assert plan.rss == plan.file_bytes + plan.anon
+    assert plan.peak == plan.rss + plan.scratch_total
     assert plan.at(2048).kv_allocated == plan.kv_full
 
 
@@ -198,3 +199,21 @@ def test_planned_kv_equals_the_real_cache(gemma3_path, n_tokens):
     s = memory.ModelShape.from_gguf(model.gguf)
     planned = memory.kv_cache_bytes(s, model.n_ctx, model.cache.kv_type, n_tokens=n_tokens)
     assert model.cache.nbytes_allocated == planned
+
+
+@pytest.mark.parametrize("model,flash", [("smollm2", "on"), ("smollm2", "off"), ("gemma3", "on")])
+def test_ledger_total_is_within_5_percent_of_measured_rss(smollm2_path, gemma3_path, model, flash):
+    """A fresh `tinyllm bench` process: the ledger's planned resident total (between
+    forward calls) and planned peak (during the 256-token prefill) against VmRSS and
+    VmHWM measured in that process.  The first run fills numba's disk cache, so the
+    second measures a normal start, not a compile."""
+    from conftest import run_cli
+    path = smollm2_path if model == "smollm2" else gemma3_path
+    args = ("bench", path, "-p", 256, "-n", 4, "--ctx", 2048, "--n-batch", 256,
+            "--flash-attn", flash, "--json")
+    for _ in range(2):
+        out = run_cli(*args)
+        assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["planned_rss_mib"] == pytest.approx(res["rss_mib"], rel=0.05)
+    assert res["planned_peak_mib"] == pytest.approx(res["peak_rss_mib"], rel=0.05)

@@ -37,7 +37,6 @@ import numpy as np
 
 from .jit import FASTMATH, HAVE_NUMBA, get_threads, njit, prange
 from .kvcache import KVCache, KVView, dequantize_cells, quantize_q4_0_rows, quantize_q8_0_rows
-from .ops import softmax
 
 TILE = 32          # KV cells per tile: K and V tiles of 32 x head_dim floats stay in L1
 BLOCK_Q = 16       # query rows a prefill work item takes: each K/V tile is dequantized once for them
@@ -73,10 +72,17 @@ def attention_classic(q: np.ndarray, kv: KVView, pos: int, scale: float, window:
     qg = q.reshape(T, n_head_kv, group, -1).transpose(1, 2, 0, 3)     # [Hkv, group, T, Dk]
     kt = k.transpose(1, 2, 0)                                          # [Hkv, Dk, n]
     vt = v.transpose(1, 0, 2)                                          # [Hkv, n, Dv]
-    scores = (qg @ kt[:, None]) * np.float32(scale)                    # [Hkv, group, T, n]
+    # One [Hkv, group, T, n] buffer, updated in place: the memory this path costs is
+    # exactly the n_head x T x n_kv scores that flash attention never materialises.
+    scores = qg @ kt[:, None]                                          # [Hkv, group, T, n]
+    scores *= np.float32(scale)
     visible = visible_mask(pos + np.arange(T), kv.first + np.arange(n), window)
-    scores = np.where(visible, scores, -np.inf)
-    out = softmax(scores) @ vt[:, None]                                # [Hkv, group, T, Dv]
+    np.copyto(scores, np.float32(-np.inf), where=~visible)
+    # softmax over the keys: exp(s - max) / sum, max subtracted so exp cannot overflow
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = scores @ vt[:, None]                                         # [Hkv, group, T, Dv]
     return out.transpose(2, 0, 1, 3).reshape(T, n_head, dv)
 
 

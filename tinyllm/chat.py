@@ -489,6 +489,7 @@ def warm_kernels(model, info) -> None:
     attention.warmup()
     if cold:
         info(f"  kernels: attention compiled in {time.perf_counter() - t0:.1f} s")
+    jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go
 
 
 # ---- the loops ----------------------------------------------------------------------------

@@ -213,7 +213,8 @@ def cmd_bench(args):
                         n_tokens=pos, runtime_baseline_bytes=baseline, measure=True, tokenizer=tok,
                         kernels_bytes=model.kernels_bytes)
     res = {"pp_tok_s": args.n_prompt / t_pp, "tg_tok_s": args.n_gen / t_tg if args.n_gen else 0.0,
-           "peak_rss_mib": peak_rss_mib(), "rss_mib": led.measured.rss / 2**20,
+           "peak_rss_mib": (led.measured.peak_rss or led.measured.rss) / 2**20,
+           "rss_mib": led.measured.rss / 2**20,
            "planned_rss_mib": led.plan.rss / 2**20, "planned_peak_mib": led.plan.peak / 2**20}
     if args.json:
         print(json.dumps(res))

@@ -131,6 +131,62 @@ def warmup(type_names, log=print) -> None:
         f.warmup()
 
 
+def release_compiler_pages() -> int:
+    """Drop LLVM's code from this process's resident memory once the kernels are loaded.
+
+    numba compiles (or loads from its cache) through LLVM, a ~100 MB shared library
+    of which ~65 MiB becomes resident while it works.  Once every kernel is machine
+    code in memory, none of that library runs again until a new kernel has to be
+    compiled.  Its pages are clean file-backed pages (the library's code and
+    read-only data, never written), so MADV_DONTNEED just unmaps them: they stay in
+    the page cache and fault back in, unchanged, if LLVM is ever needed again.  On
+    a Raspberry Pi with 1 GB that is RAM for the conversation.
+
+    Only mappings with no private (copy-on-write) pages are touched: dropping those
+    would lose data.  Also returns freed heap to the OS (glibc malloc_trim).
+    Linux only; elsewhere a no-op.  Returns the bytes released from RSS.
+    """
+    if not HAVE_NUMBA or not os.path.exists("/proc/self/smaps"):
+        return 0
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    MADV_DONTNEED = 4
+    released = 0
+    for start, end, rss, anonymous in _library_mappings("libllvmlite"):
+        if anonymous == 0 and rss > 0 and madvise(start, end - start, MADV_DONTNEED) == 0:
+            released += rss
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+    return released
+
+
+def _library_mappings(name: str):
+    """(start, end, rss bytes, anonymous bytes) of each mapping of a file whose name
+    contains `name`, from /proc/self/smaps."""
+    out, cur = [], None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 6)
+            if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:      # a mapping's first line
+                if cur:
+                    out.append(cur)
+                cur = None
+                if len(head) >= 6 and name in head[5]:
+                    a, b = head[0].split("-")
+                    cur = [int(a, 16), int(b, 16), 0, 0]
+            elif cur is not None and head[0] in ("Rss:", "Anonymous:"):
+                cur[2 if head[0] == "Rss:" else 3] = int(head[1]) * 1024
+    if cur:
+        out.append(cur)
+    return out
+
+
 def warm_runtime() -> None:
     """Load one tiny cached kernel, so numba's code generator is resident (for measuring
     the runtime's own memory before a model is opened)."""

@@ -157,6 +157,46 @@ def metadata_object_bytes(g) -> int:
     return total
 
 
+def object_bytes(root, exclude=()) -> int:
+    """Deep size of a Python object graph (sys.getsizeof over everything reachable),
+    not counting objects reachable from `exclude` (e.g. strings the metadata already
+    holds).  numpy arrays count their own buffer only when they own it."""
+    import gc
+    seen = set()
+    stack = list(exclude)
+    while stack:                                      # mark what is already accounted for
+        o = stack.pop()
+        if id(o) not in seen:
+            seen.add(id(o))
+            stack.extend(r for r in gc.get_referents(o) if not isinstance(r, type))
+    total, stack = 0, [root]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, type) or callable(o) and not hasattr(o, "__dict__"):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        stack.extend(gc.get_referents(o))
+    return total
+
+
+def tokenizer_object_bytes(g, tokenizer=None) -> int:
+    """Anonymous memory of the tokenizer's own tables (token -> id, merge ranks, ...),
+    beyond the metadata strings they share.  Built from the header if not given."""
+    if tokenizer is None:
+        from .tokenizer import Tokenizer
+        try:
+            tokenizer = Tokenizer.from_gguf(g)
+        except TinyLLMError:
+            return 0
+    return object_bytes(tokenizer, exclude=(g.metadata,))
+
+
+# The compiled kernels numba loads from its cache (machine code + dispatcher objects),
+# when they are not measured: SmolLM2 (F32, Q4_1, Q8_0 + attention) measured 6 MiB.
+KERNELS_ESTIMATE = 6 * 2**20
+
+
 # ---- KV cache ---------------------------------------------------------------------------
 
 def kv_row_bytes(kv_type: str, n_elements: int) -> int:
@@ -204,8 +244,12 @@ def kv_cache_bytes(shape, n_ctx: int, kv_type: str = "f16", n_tokens: int | None
 # ---- scratch ----------------------------------------------------------------------------
 
 def scratch_bytes(shape, n_batch: int, n_ctx: int, flash_attn: bool, all_logits: bool = False,
-                  fa_tile: int = KV_CHUNK) -> dict:
+                  fa_tile: int = KV_CHUNK, n_kv: int | None = None) -> dict:
     """Activation buffers (all float32) for one forward call over T = n_batch tokens.
+
+    They live only during the call: with malloc's threshold fixed (cli.py) every
+    buffer this size is its own mapping, returned to the OS when freed.  So they add
+    to the *peak* resident memory, not to what stays resident between calls.
 
         x       [T, E]             residual stream
         xb      [T, max(E, H*Dv)]  normed input, then the concatenated attention heads
@@ -213,8 +257,8 @@ def scratch_bytes(shape, n_batch: int, n_ctx: int, flash_attn: bool, all_logits:
         q       [T, H*Dk]          queries
         k, v    [T, Hkv*Dk], [T, Hkv*Dv]   this batch's keys and values, before the cache
         att     flash attention off: [H, T, n_kv] scores for the whole visible context,
-                n_kv = n_ctx (min(n_ctx, window) if every layer is local): the buffer
-                that grows with the context;
+                n_kv = the tokens seen so far, at most n_ctx (min(n_ctx, window) if
+                every layer is local): the buffer that grows with the context;
                 flash attention on: [H, T, fa_tile] one tile of scores plus the running
                 max and sum [H, T, 2] of the online softmax: independent of n_ctx
         hb, hb2 [T, F]             FFN gate and up projections
@@ -227,7 +271,8 @@ def scratch_bytes(shape, n_batch: int, n_ctx: int, flash_attn: bool, all_logits:
     H, Hkv, Dk, Dv = shape.n_head, shape.n_head_kv, shape.head_dim, shape.head_dim_v
     swa = getattr(shape, "swa_layers", ()) or ()
     window = getattr(shape, "sliding_window", 0) or 0
-    n_kv = min(n_ctx, window) if (window and len(swa) == shape.n_layer) else n_ctx
+    n_kv = min(n_ctx, n_kv or n_ctx)
+    n_kv = min(n_kv, window) if (window and len(swa) == shape.n_layer) else n_kv
     f32 = 4
     sizes = {
         "x": T * E, "xb": T * max(E, H * Dv), "xb2": T * E,
@@ -324,6 +369,7 @@ def measure_runtime_baseline() -> "Measured":
     """
     from . import jit
     jit.warm_runtime()
+    jit.release_compiler_pages()      # as open_model does once the kernels are loaded
     return measured()
 
 
@@ -347,6 +393,9 @@ class MemoryPlan:
     scratch: dict
     file_bytes: int = 0                 # the whole mapped file: header + tensor data
     metadata_objects: int = 0           # metadata_object_bytes()
+    tokenizer_objects: int = 0          # tokenizer_object_bytes()
+    kernels: int = KERNELS_ESTIMATE     # compiled kernels loaded (measured by open_model)
+    kernels_measured: bool = False
     runtime_baseline: int = 0           # anonymous part of the runtime
     all_logits: bool = False
     runtime_files: int = 0              # file-backed part of the runtime (shared libraries)
@@ -354,7 +403,8 @@ class MemoryPlan:
     @classmethod
     def from_gguf(cls, g, n_ctx: int, kv_type: str = "f16", n_batch: int = 32,
                   flash_attn: bool = True, n_tokens: int = 0, runtime_baseline_bytes: int = 0,
-                  kv_chunk: int = KV_CHUNK, all_logits: bool = False) -> "MemoryPlan":
+                  kv_chunk: int = KV_CHUNK, all_logits: bool = False, tokenizer=None,
+                  kernels_bytes: int | None = None) -> "MemoryPlan":
         shape = ModelShape.from_gguf(g)
         runtime_files = 0
         if isinstance(runtime_baseline_bytes, Measured):      # from measure_runtime_baseline()
@@ -367,15 +417,20 @@ class MemoryPlan:
             weights_by_type=weights_by_type(g), weights_by_group=weights_by_group(g),
             kv_allocated=kv_cache_bytes(shape, n_ctx, kv_type, n_tokens, kv_chunk),
             kv_full=kv_cache_bytes(shape, n_ctx, kv_type, None, kv_chunk),
-            scratch=scratch_bytes(shape, n_batch, n_ctx, flash_attn, all_logits),
+            scratch=scratch_bytes(shape, n_batch, n_ctx, flash_attn, all_logits, n_kv=n_tokens or n_ctx),
             file_bytes=g.file_size, metadata_objects=metadata_object_bytes(g),
+            tokenizer_objects=tokenizer_object_bytes(g, tokenizer),
+            kernels=KERNELS_ESTIMATE if kernels_bytes is None else max(0, kernels_bytes),
+            kernels_measured=kernels_bytes is not None,
             runtime_baseline=runtime_baseline_bytes, all_logits=all_logits,
             runtime_files=runtime_files)
 
     def at(self, n_tokens: int) -> "MemoryPlan":
         """The same plan with the KV cache grown to hold n_tokens."""
         return replace(self, n_tokens=n_tokens, kv_allocated=kv_cache_bytes(
-            self.shape, self.n_ctx, self.kv_type, n_tokens, self.kv_chunk))
+            self.shape, self.n_ctx, self.kv_type, n_tokens, self.kv_chunk),
+            scratch=scratch_bytes(self.shape, self.n_batch, self.n_ctx, self.flash_attn,
+                                  self.all_logits, n_kv=n_tokens or self.n_ctx))
 
     @property
     def weights(self) -> int:
@@ -387,13 +442,20 @@ class MemoryPlan:
 
     @property
     def anon(self) -> int:
-        """What should be anonymous memory: KV (as allocated) + scratch + metadata + runtime."""
-        return self.kv_allocated + self.scratch_total + self.metadata_objects + self.runtime_baseline
+        """Anonymous memory between forward calls: KV (as allocated) + metadata and
+        tokenizer objects + compiled kernels + runtime."""
+        return (self.kv_allocated + self.metadata_objects + self.tokenizer_objects + self.kernels
+                + self.runtime_baseline)
 
     @property
     def rss(self) -> int:
-        """Everything resident once every page of the model file has been touched."""
+        """Resident between calls, once every page of the model file has been touched."""
         return self.file_bytes + self.anon + self.runtime_files
+
+    @property
+    def peak(self) -> int:
+        """Resident during a forward call over n_batch tokens: rss + the scratch buffers."""
+        return self.rss + self.scratch_total
 
 
 def _mib(n) -> str:
@@ -439,8 +501,11 @@ class Ledger:
                         " (token_embd: only rows of tokens seen get paged in)"))
         row(f"KV cache at {p.n_tokens} tokens", p.kv_allocated, None, "part of anonymous")
         row(f"KV cache at full n_ctx {p.n_ctx}", p.kv_full)
-        row(f"scratch (n_batch {p.n_batch})", p.scratch_total, None, "part of anonymous")
+        row(f"scratch (n_batch {p.n_batch})", p.scratch_total, None, "only during a forward call")
         row("metadata as Python objects (vocab)", p.metadata_objects, None, "part of anonymous")
+        row("tokenizer tables (Python objects)", p.tokenizer_objects, None, "part of anonymous")
+        row("compiled kernels (numba)", p.kernels, None,
+            "measured at load" if p.kernels_measured else "estimate; --run measures it")
         row("runtime (Python, numpy, numba)", p.runtime_baseline or None, None,
             "anonymous, measured at start-up" if p.runtime_baseline else "not measured")
         if p.runtime_files:
@@ -453,10 +518,11 @@ class Ledger:
             row("other file-backed (libraries)", None, other, "RssFile minus the model file")
             row("resident total", p.rss, m.rss, "VmRSS")
             row("swap", None, m.swap, "VmSwap")
-            row("peak resident", None, m.peak_rss, "VmHWM")
+            row("peak resident (+ scratch)", p.peak, m.peak_rss, "VmHWM")
         else:
             row("anonymous", p.anon)
             row("resident total", p.rss)
+            row("peak resident (+ scratch)", p.peak)
 
         if self.ollama:
             s = self.ollama_settings
@@ -483,18 +549,22 @@ class Ledger:
 def ledger(g, n_ctx: int, kv_type: str = "f16", n_batch: int = 32, flash_attn: bool = True,
            n_tokens: int = 0, runtime_baseline_bytes: int = 0, num_parallel: int = 1,
            ollama_flash_attn: str | None = None, measure: bool = True,
-           kv_chunk: int = KV_CHUNK) -> Ledger:
+           kv_chunk: int = KV_CHUNK, tokenizer=None, kernels_bytes: int | None = None) -> Ledger:
     """Plan + measurement of this process + Ollama's figures: what `tinyllm mem` prints.
 
     ollama_flash_attn is OLLAMA_FLASH_ATTENTION as the user would set it ('on', 'off',
     'auto'); by default it follows flash_attn ('on'/'off').  tinyllm's f32 cache has no
     Ollama equivalent; Ollama is asked for f16 then.
     """
+    # Measure first: counting the tokenizer's objects for the plan walks every string of
+    # the vocabulary, and that walk's own transient memory must not show up as ours.
+    now = measured(model_path=g.path) if measure else None
     plan = MemoryPlan.from_gguf(g, n_ctx, kv_type, n_batch, flash_attn, n_tokens,
-                                runtime_baseline_bytes, kv_chunk)
+                                runtime_baseline_bytes, kv_chunk, tokenizer=tokenizer,
+                                kernels_bytes=kernels_bytes)
     fa = ollama_flash_attn or ("on" if flash_attn else "off")
     okv = kv_type if kv_type in ollama.OLLAMA_KV_BYTES and kv_type != "f32" else "f16"
     model = ollama.OllamaModel.from_gguf(g)
     figures = ollama.ollama_report(model, n_ctx, num_parallel, okv, fa)
-    return Ledger(plan, measured(model_path=g.path) if measure else None, figures,
+    return Ledger(plan, now, figures,
                   {"num_ctx": n_ctx, "num_parallel": num_parallel, "kv_type": okv, "flash_attn": fa})

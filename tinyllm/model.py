@@ -249,7 +249,9 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         gate = linear(h, L.w_gate)                                     # [T, F]
         up = linear(h, L.w_up)                                         # [T, F]
         act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
-        f = linear(act * up, L.w_down)                                 # [T, E]
+        del gate
+        act *= up                                                      # [T, F], in place
+        f = linear(act, L.w_down)                                      # [T, E]
         if L.post_ffn_norm is not None:
             f = rms_norm(f, L.post_ffn_norm, cfg.norm_eps)
         x = x + f

@@ -111,6 +111,7 @@ class QuantFormat:
             return
         n_cols = self.block_size if self.block_size > 1 else 32
         raw = np.zeros((2, n_cols // self.block_size * self.type_size), np.uint8)
+        raw.flags.writeable = False      # as the model's weights are: a read-only file map
         self.kernel(self.weight_view(raw), np.zeros((1, n_cols), np.float32),
                     np.zeros((1, 2), np.float32), *self.kernel_args)
         from . import decode
