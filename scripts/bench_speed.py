@@ -2,6 +2,7 @@
 
     python scripts/bench_speed.py [MODEL ...] [--threads 2] [-p 128] [-n 64] [--repeat 3]
         [--llama-python /path/to/venv/bin/python]
+    python scripts/bench_speed.py --synthetic-1b [--types Q4_0,Q4_K,Q6_K,Q8_0] [--n-layer 16 --n-embd 2048]
 
 Each engine runs in a fresh process: tinyllm through `tinyllm bench --json`,
 llama.cpp through llama-cpp-python (in its own venv: pass --llama-python or set
@@ -9,18 +10,25 @@ LLAMA_PYTHON; the default is the interpreter running this script if it can
 import llama_cpp). Prefill is a -p token prompt evaluated as one batch; decode
 is -n greedy tokens one at a time. The best of --repeat runs is kept for each,
 and the ratios tinyllm / llama.cpp are printed (higher is better for tinyllm).
+
+--synthetic-1b benches, instead of MODELs, a random-weight ~1B llama in each of
+--types (one row per type), built on first use by scripts/make_bench_1b.py into
+models/bench/ (F16 ~1.8 GB + the quantized files; needs llama-cpp-python).
+--n-layer / --n-embd shrink it for a quick check of the script.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_bench_1b  # noqa: E402
 
 # Runs inside the llama-cpp-python venv. Random ordinary tokens: cost does not depend on ids.
 LLAMA_BENCH = r"""
@@ -73,21 +81,22 @@ def main():
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--llama-python", default=os.environ.get("LLAMA_PYTHON"))
+    ap.add_argument("--llama-python", default=make_bench_1b.default_llama_python())
+    ap.add_argument("--synthetic-1b", action="store_true", help="bench the synthetic ~1B model, one row per type")
+    ap.add_argument("--types", default=",".join(make_bench_1b.TYPES), help="with --synthetic-1b")
+    ap.add_argument("--n-layer", type=int, default=16, help="with --synthetic-1b")
+    ap.add_argument("--n-embd", type=int, default=2048, help="with --synthetic-1b")
     a = ap.parse_args()
-
     llama_py = a.llama_python
-    if llama_py is None:
-        try:
-            import llama_cpp  # noqa: F401
-            llama_py = sys.executable
-        except ImportError:
-            default = Path("/work/refenv/venv/bin/python")
-            llama_py = str(default) if default.exists() else None
+
+    if a.synthetic_1b:
+        targets = {t: str(p) for t, p in make_bench_1b.build(make_bench_1b.parse_types(a.types), llama_py,
+                                                              a.n_layer, a.n_embd).items()}
+    else:
+        targets = {name: resolve_model(name) for name in a.models}
 
     rows = []
-    for name in a.models:
-        path = resolve_model(name)
+    for name, path in targets.items():
         ours, ref = [], []
         for _ in range(a.repeat):
             ours.append(run_json([sys.executable, "-m", "tinyllm", "bench", path, "-p", str(a.p), "-n", str(a.n),

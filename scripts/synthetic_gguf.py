@@ -75,46 +75,67 @@ def write_model(path, arch: str = "llama", n_layer: int = 2, n_embd: int = 256, 
     w.add_eos_token_id(int(src.get("tokenizer.ggml.eos_token_id", 2)))
     w.add_add_bos_token(False)
 
-    def mat(rows, cols, scale=None):
+    # Tensors are declared first and drawn one at a time while the file is written, so a
+    # 1B-parameter model never sits in memory whole. Drawing order = declaration order,
+    # so the random stream (and the file, byte for byte) does not depend on this.
+    tensors = []   # (name, numpy shape, dtype, make)
+
+    def add(name, shape, dt, make):
+        tensors.append((name, shape, np.dtype(dt), make))
+
+    def mat(name, rows, cols, scale=None):
         # std 1/sqrt(cols) keeps each output of a random matmul at unit scale
         s = scale if scale is not None else 1.0 / np.sqrt(cols)
-        return (rng.standard_normal((rows, cols)) * s).astype(dtype)
 
-    def norm(n):
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+        def make():
+            a = rng.standard_normal((rows, cols))
+            a *= s
+            return a.astype(dtype)
+        add(name, (rows, cols), dtype, make)
+
+    def norm(name, n):
+        add(name, (n,), np.float32, lambda: (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
     # Tied models (qwen2, gemma3) reuse token_embd as the output head: unit-scale rows
     # would make every logit row peak at the input token, so rows get norm ~1 instead.
-    w.add_tensor("token_embd.weight", mat(V, n_embd, 1.0 / np.sqrt(n_embd)))
-    w.add_tensor("output_norm.weight", norm(n_embd))
+    mat("token_embd.weight", V, n_embd, 1.0 / np.sqrt(n_embd))
+    norm("output_norm.weight", n_embd)
     if arch in ("llama3",):
         # Llama 3 rope scaling stores per-pair frequency divisors in rope_freqs.weight
-        w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, head_dim // 2).astype(np.float32))
+        add("rope_freqs.weight", (head_dim // 2,), np.float32,
+            lambda: np.linspace(1.0, 8.0, head_dim // 2).astype(np.float32))
     if arch in ("llama", "llama3", "qwen3"):
-        w.add_tensor("output.weight", mat(V, n_embd))      # untied output head
+        mat("output.weight", V, n_embd)      # untied output head
     for i in range(n_layer):
         p = f"blk.{i}."
-        w.add_tensor(p + "attn_norm.weight", norm(n_embd))
-        w.add_tensor(p + "attn_q.weight", mat(n_head * head_dim, n_embd))
-        w.add_tensor(p + "attn_k.weight", mat(n_head_kv * head_dim, n_embd))
-        w.add_tensor(p + "attn_v.weight", mat(n_head_kv * head_dim, n_embd))
-        w.add_tensor(p + "attn_output.weight", mat(n_embd, n_head * head_dim))
+        norm(p + "attn_norm.weight", n_embd)
+        mat(p + "attn_q.weight", n_head * head_dim, n_embd)
+        mat(p + "attn_k.weight", n_head_kv * head_dim, n_embd)
+        mat(p + "attn_v.weight", n_head_kv * head_dim, n_embd)
+        mat(p + "attn_output.weight", n_embd, n_head * head_dim)
         if arch == "qwen2":
             for t, n in (("q", n_head), ("k", n_head_kv), ("v", n_head_kv)):
-                w.add_tensor(p + f"attn_{t}.bias", (0.5 * rng.standard_normal(n * head_dim)).astype(np.float32))
+                add(p + f"attn_{t}.bias", (n * head_dim,), np.float32,
+                    lambda n=n: (0.5 * rng.standard_normal(n * head_dim)).astype(np.float32))
         if arch in ("qwen3", "gemma3"):
-            w.add_tensor(p + "attn_q_norm.weight", norm(head_dim))
-            w.add_tensor(p + "attn_k_norm.weight", norm(head_dim))
+            norm(p + "attn_q_norm.weight", head_dim)
+            norm(p + "attn_k_norm.weight", head_dim)
         if arch == "gemma3":
-            w.add_tensor(p + "post_attention_norm.weight", norm(n_embd))
-            w.add_tensor(p + "post_ffw_norm.weight", norm(n_embd))
-        w.add_tensor(p + "ffn_norm.weight", norm(n_embd))
-        w.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd))
-        w.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd))
-        w.add_tensor(p + "ffn_down.weight", mat(n_embd, n_ff))
+            norm(p + "post_attention_norm.weight", n_embd)
+            norm(p + "post_ffw_norm.weight", n_embd)
+        norm(p + "ffn_norm.weight", n_embd)
+        mat(p + "ffn_gate.weight", n_ff, n_embd)
+        mat(p + "ffn_up.weight", n_ff, n_embd)
+        mat(p + "ffn_down.weight", n_embd, n_ff)
+    for name, shape, dt, _ in tensors:
+        w.add_tensor_info(name, shape, dt, int(np.prod(shape)) * dt.itemsize)
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    w.write_ti_data_to_file()
+    for _, shape, dt, make in tensors:
+        a = make()
+        assert a.shape == shape and a.dtype == dt
+        w.write_tensor_data(a)
     w.close()
     return path
 
