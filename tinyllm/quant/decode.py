@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import FASTMATH, njit, prange
+from .kquants import scale_min_at
 
 
 @njit(inline="always")
@@ -110,6 +111,12 @@ def _qh(row, o):
             | (np.uint32(row[o + 5]) << 24))
 
 
+@njit(inline="always")
+def q5(nibble, qh, k):
+    """a 4-bit code with bit k of qh as its 5th bit, as uint8 (narrow, as lo/hi)"""
+    return np.uint8(nibble | (((qh >> k) & 1) << 4))
+
+
 @njit(fastmath=FASTMATH, inline="never")
 def dot4_q5_0(w0, w1, w2, w3, x, xsum, lut, hb):
     a0 = a1 = a2 = a3 = np.float32(0.0)
@@ -121,19 +128,101 @@ def dot4_q5_0(w0, w1, w2, w3, x, xsum, lut, hb):
             xl, xh = x[xo + k], x[xo + hb + k]
             k16 = k + 16
             q0, q1, q2, q3 = w0[o + 6 + k], w1[o + 6 + k], w2[o + 6 + k], w3[o + 6 + k]
-            s0 += (np.float32((q0 & 15) | (((h0 >> k) & 1) << 4)) * xl
-                   + np.float32((q0 >> 4) | (((h0 >> k16) & 1) << 4)) * xh)
-            s1 += (np.float32((q1 & 15) | (((h1 >> k) & 1) << 4)) * xl
-                   + np.float32((q1 >> 4) | (((h1 >> k16) & 1) << 4)) * xh)
-            s2 += (np.float32((q2 & 15) | (((h2 >> k) & 1) << 4)) * xl
-                   + np.float32((q2 >> 4) | (((h2 >> k16) & 1) << 4)) * xh)
-            s3 += (np.float32((q3 & 15) | (((h3 >> k) & 1) << 4)) * xl
-                   + np.float32((q3 >> 4) | (((h3 >> k16) & 1) << 4)) * xh)
+            s0 += np.float32(q5(lo(q0), h0, k)) * xl + np.float32(q5(hi(q0), h0, k16)) * xh
+            s1 += np.float32(q5(lo(q1), h1, k)) * xl + np.float32(q5(hi(q1), h1, k16)) * xh
+            s2 += np.float32(q5(lo(q2), h2, k)) * xl + np.float32(q5(hi(q2), h2, k16)) * xh
+            s3 += np.float32(q5(lo(q3), h3, k)) * xl + np.float32(q5(hi(q3), h3, k16)) * xh
         xs = np.float32(16.0) * xsum[b]
         a0 += _f16(w0, o, lut) * (s0 - xs)
         a1 += _f16(w1, o, lut) * (s1 - xs)
         a2 += _f16(w2, o, lut) * (s2 - xs)
         a3 += _f16(w3, o, lut) * (s3 - xs)
+    return a0, a1, a2, a3
+
+
+# Q4_K super-block (144 bytes, 256 weights): d f16 | dmin f16 | scales[12] | qs[128]
+#   8 sub-blocks of 32, six-bit scale sc_j and min m_j each (kquants.scale_min_at);
+#   qs[32p + l]: low nibble = weight 64p + l (sub-block 2p), high = 64p + 32 + l (2p+1)
+#                                                   w = d sc_j q - dmin m_j
+# Per sub-block the sum is  d sc_j (q . x) - dmin m_j sum(x): the same shape as Q4_1.
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q4_K(w0, w1, w2, w3, x, xsum, lut, hb):
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    n = 2 * hb                                     # 32 weights per sub-block
+    for B in range(x.shape[0] // 256):
+        o = B * 144
+        d0, d1, d2, d3 = _f16(w0, o, lut), _f16(w1, o, lut), _f16(w2, o, lut), _f16(w3, o, lut)
+        m0, m1, m2, m3 = (_f16(w0, o + 2, lut), _f16(w1, o + 2, lut), _f16(w2, o + 2, lut),
+                          _f16(w3, o + 2, lut))
+        for p in range(4):
+            q, xo = o + 16 + n * p, B * 256 + 2 * n * p
+            l0 = l1 = l2 = l3 = h0 = h1 = h2 = h3 = np.float32(0.0)
+            for k in range(n):
+                xl, xh = x[xo + k], x[xo + n + k]
+                c0, c1, c2, c3 = w0[q + k], w1[q + k], w2[q + k], w3[q + k]
+                l0 += np.float32(lo(c0)) * xl
+                h0 += np.float32(hi(c0)) * xh
+                l1 += np.float32(lo(c1)) * xl
+                h1 += np.float32(hi(c1)) * xh
+                l2 += np.float32(lo(c2)) * xl
+                h2 += np.float32(hi(c2)) * xh
+                l3 += np.float32(lo(c3)) * xl
+                h3 += np.float32(hi(c3)) * xh
+            xs_lo, xs_hi = xsum[8 * B + 2 * p], xsum[8 * B + 2 * p + 1]
+            a0 += _q4_K_pair(w0, o, p, d0, m0, l0, h0, xs_lo, xs_hi)
+            a1 += _q4_K_pair(w1, o, p, d1, m1, l1, h1, xs_lo, xs_hi)
+            a2 += _q4_K_pair(w2, o, p, d2, m2, l2, h2, xs_lo, xs_hi)
+            a3 += _q4_K_pair(w3, o, p, d3, m3, l3, h3, xs_lo, xs_hi)
+    return a0, a1, a2, a3
+
+
+@njit(inline="always")
+def _q4_K_pair(row, o, p, d, dmin, s_lo, s_hi, xs_lo, xs_hi):
+    """sub-blocks 2p and 2p+1 of one row: d sc (q . x) - dmin m sum(x), for both"""
+    sc0, m0 = scale_min_at(row, o + 4, 2 * p)
+    sc1, m1 = scale_min_at(row, o + 4, 2 * p + 1)
+    return (d * (np.float32(sc0) * s_lo + np.float32(sc1) * s_hi)
+            - dmin * (np.float32(m0) * xs_lo + np.float32(m1) * xs_hi))
+
+
+# Q6_K super-block (210 bytes, 256 weights): ql[128] | qh[64] | scales[16] int8 | d f16
+#   per half h (128 weights), l = 0..31:  a = ql[64h + l], b = ql[64h + 32 + l], c = qh[32h + l]
+#     weight 128h + l      = (a & 15) | (c & 3) << 4        weight 128h + 64 + l = a >> 4 | (c & 48)
+#     weight 128h + 32 + l = (b & 15) | (c & 12) << 2       weight 128h + 96 + l = b >> 4 | (c >> 2 & 48)
+#   codes are stored +32; sub-blocks of 16 weights, scale sc_j (int8)       w = d sc_j (q - 32)
+@njit(inline="always")
+def q6(nibble, two_bits):
+    """a 6-bit code minus its bias of 32, as int8 (narrow, as lo/hi)"""
+    return np.int8(np.uint8(nibble | two_bits) - np.uint8(32))
+
+
+@njit(inline="always")
+def _q6_K_16(row, x, ql, qh, xo, l0, n, sc, o_d, lut):
+    """One row, bytes l in [l0, l0 + n) of a half (n = 16): the four sub-blocks they
+    feed, each summed as q . x and scaled by d sc_j."""
+    s1 = s2 = s3 = s4 = np.float32(0.0)
+    for l in range(l0, l0 + n):
+        a, b, c = row[ql + l], row[ql + 32 + l], row[qh + l]
+        s1 += np.float32(q6(lo(a), np.uint8((c & 3) << 4))) * x[xo + l]
+        s2 += np.float32(q6(lo(b), np.uint8((c & 12) << 2))) * x[xo + 32 + l]
+        s3 += np.float32(q6(hi(a), np.uint8(c & 48))) * x[xo + 64 + l]
+        s4 += np.float32(q6(hi(b), np.uint8((c >> 2) & 48))) * x[xo + 96 + l]
+    return _f16(row, o_d, lut) * (np.float32(np.int8(row[sc])) * s1 + np.float32(np.int8(row[sc + 2])) * s2
+                                  + np.float32(np.int8(row[sc + 4])) * s3 + np.float32(np.int8(row[sc + 6])) * s4)
+
+
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q6_K(w0, w1, w2, w3, x, xsum, lut, hb):
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for B in range(x.shape[0] // 256):
+        o = B * 210
+        for h in range(2):
+            ql, qh, xo = o + 64 * h, o + 128 + 32 * h, B * 256 + 128 * h
+            for g in range(2):                       # bytes l in [16g, 16g + 16): sub-blocks 8h + g + {0,2,4,6}
+                a0 += _q6_K_16(w0, x, ql, qh, xo, 16 * g, hb, o + 192 + 8 * h + g, o + 208, lut)
+                a1 += _q6_K_16(w1, x, ql, qh, xo, 16 * g, hb, o + 192 + 8 * h + g, o + 208, lut)
+                a2 += _q6_K_16(w2, x, ql, qh, xo, 16 * g, hb, o + 192 + 8 * h + g, o + 208, lut)
+                a3 += _q6_K_16(w3, x, ql, qh, xo, 16 * g, hb, o + 192 + 8 * h + g, o + 208, lut)
     return a0, a1, a2, a3
 
 
@@ -145,10 +234,14 @@ def dot4(fmt, w0, w1, w2, w3, x, xsum, lut):
         return dot4_q4(w0, w1, w2, w3, x, xsum, lut, 16, False)
     if fmt == 3:
         return dot4_q4(w0, w1, w2, w3, x, xsum, lut, 16, True)
+    if fmt == 12:
+        return dot4_q4_K(w0, w1, w2, w3, x, xsum, lut, 16)
+    if fmt == 14:
+        return dot4_q6_K(w0, w1, w2, w3, x, xsum, lut, 16)
     return dot4_q5_0(w0, w1, w2, w3, x, xsum, lut, 16)
 
 
-FUSED_TYPES = (8, 2, 3, 6)   # ggml type ids: Q8_0, Q4_0, Q4_1, Q5_0
+FUSED_TYPES = (8, 2, 3, 6, 12, 14)   # ggml type ids: Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K
 
 
 # Which four rows share a call matters more than anything inside the dot product.
