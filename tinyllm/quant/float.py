@@ -45,24 +45,44 @@ def linear_f16_np(raw, x):
 
 
 @njit(fastmath=FASTMATH)
-def dot_f16(row, x, lut):
+def dot_half(row, x, table):
+    """row: uint16 bit patterns, each looked up in a 65536-entry table of float32 values"""
     s = np.float32(0.0)
     for k in range(row.shape[0]):
-        s += lut[row[k]] * x[k]
+        s += table[row[k]] * x[k]
     return s
 
 
+@njit
+def round_to_bf16(v):
+    """float32 -> the nearest bfloat16 (ties to even), as float32 (what llama.cpp's
+    activations become before a BF16 dot).  NaN stays NaN."""
+    u = np.uint32(np.array([v], np.float32).view(np.uint32)[0])
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return v
+    r = (np.uint64(u) + np.uint64(0x7FFF) + np.uint64((u >> np.uint32(16)) & np.uint32(1))) >> np.uint64(16)
+    return np.array([np.uint32(r) << np.uint32(16)], np.uint32).view(np.float32)[0]
+
+
 @njit(parallel=True)
-def linear_f16(w, x, y, fmt, act, lut, aux):
-    """y (T, R) = f16(x) (T, n) . W^T, w: the rows as uint16 bit patterns.  (The unused
-    arguments give every kernel the same signature; see kernels.linear_blocks.)"""
+def linear_half(w, x, y, fmt, act, lut, aux):
+    """y (T, R) = x (T, n) . W^T for F16 (lut: f16 -> f32) or BF16 (aux: bf16 -> f32)
+    weights, w: the rows as uint16 bit patterns.  With act == 5 x is first rounded to
+    the weight's own type, as llama.cpp does.  (The signature is every kernel's: see
+    kernels.linear_blocks.)"""
+    table = aux if fmt == 30 else lut
     xh = np.empty_like(x)
     for t in range(x.shape[0]):
         for k in range(x.shape[1]):
-            xh[t, k] = round_to_f16(x[t, k]) if act == 5 else x[t, k]
+            if act != 5:
+                xh[t, k] = x[t, k]
+            elif fmt == 30:
+                xh[t, k] = round_to_bf16(x[t, k])
+            else:
+                xh[t, k] = round_to_f16(x[t, k])
     for r in prange(w.shape[0]):
         for t in range(x.shape[0]):
-            y[t, r] = dot_f16(w[r], xh[t], lut)
+            y[t, r] = dot_half(w[r], xh[t], table)
 
 
 # ---- BF16 --------------------------------------------------------------------------------------
@@ -81,6 +101,10 @@ def linear_bf16(raw, x):
     return out
 
 
+# bf16 bit pattern -> float32, all 65536 of them (256 KiB): a bf16 is the top half of a float32
+BF16_TO_F32 = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
+
+
 def _u16(raw):
     return raw.view(np.uint16)
 
@@ -88,6 +112,7 @@ def _u16(raw):
 FORMATS = [
     QuantFormat("F32", 0, 1, 4, "f32", dequantize_f32, linear_f32),
     QuantFormat("F16", 1, 1, 2, "f16", dequantize_f16, linear_f16_np, weight_view=_u16,
-                kernel=linear_f16),
-    QuantFormat("BF16", 30, 1, 2, "bf16", dequantize_bf16, linear_bf16),
+                kernel=linear_half),
+    QuantFormat("BF16", 30, 1, 2, "bf16", dequantize_bf16, linear_bf16, weight_view=_u16,
+                kernel=linear_half, aux=BF16_TO_F32),
 ]
