@@ -481,12 +481,13 @@ def warm_kernels(model, info) -> None:
         info(f"  kernels: {', '.join(cached)} loaded from the disk cache "
              f"({time.perf_counter() - t_all:.1f} s)")
     # the attention kernels too, so the first reply does not stall on a compile
-    from . import attention
+    from . import attention, ops
     t0 = time.perf_counter()
     cold = not jit._cache_is_warm(attention.kernels())
     if cold:
         info("  kernels: compiling attention (first run only) ...")
     attention.warmup()
+    ops.warmup()
     if cold:
         info(f"  kernels: attention compiled in {time.perf_counter() - t0:.1f} s")
     jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go

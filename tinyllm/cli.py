@@ -50,7 +50,7 @@ def fix_malloc_mmap_threshold(nbytes: int = 256 * 1024) -> None:
 
 def open_model(args, quiet: bool = False):
     """MODEL name/path -> (Model, Tokenizer). Pulls registry models that are missing."""
-    from . import attention, jit
+    from . import attention, jit, ops
     from .memory import measured
     from .model import Model
     from .registry import resolve
@@ -66,6 +66,7 @@ def open_model(args, quiet: bool = False):
     anon_before = measured().rss_anon
     jit.warmup(types, log=(lambda m: None) if quiet else log)
     attention.warmup()
+    ops.warmup()
     jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go
     after = measured().rss_anon
     # what loading the compiled kernels cost, for the memory ledger

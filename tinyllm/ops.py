@@ -2,15 +2,21 @@
 
 Every function takes float32 numpy arrays whose last axis is the feature axis,
 so the same code serves decode (one token, shape [1, d]) and prefill ([T, d]).
-These are cheap next to the matmuls, so plain numpy is fast enough and easiest to read.
+These are cheap next to the matmuls, so plain numpy is fast enough and easiest to
+read -- except that a numpy call costs microseconds however small its array is, and
+decoding one token runs rms_norm and rope about sixty times each.  Those two have a
+numba twin that computes the same numbers (tests/test_ops.py); the numpy version is
+the reference, and what runs without numba.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .jit import HAVE_NUMBA, njit
 
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+
+def rms_norm_np(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * weight  (Zhang & Sennrich 2019).    [..., d] -> [..., d]
 
     The mean of squares is accumulated in float64, as ggml does, so long rows
@@ -18,6 +24,31 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """
     ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
     return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)) * weight
+
+
+@njit
+def _rms_norm_rows(x, weight, eps, out):
+    """x, out (rows, d): rms_norm_np row by row, the same float64 mean and float32 products"""
+    d = x.shape[1]
+    for r in range(x.shape[0]):
+        ss = 0.0
+        for i in range(d):
+            v = np.float64(x[r, i])
+            ss += v * v
+        scale = np.float32(1.0 / np.sqrt(ss / d + eps))
+        for i in range(d):
+            out[r, i] = (x[r, i] * scale) * weight[i]
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """rms_norm_np, through the numba twin when numba is there.     [..., d] -> [..., d]"""
+    if not HAVE_NUMBA:
+        return rms_norm_np(x, weight, eps)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    d = x.shape[-1]
+    _rms_norm_rows(x.reshape(-1, d), weight, float(eps), out.reshape(-1, d))
+    return out
 
 
 # The FFN's [T, n_ff] arrays are the largest scratch of a prefill, so the two gate
@@ -69,7 +100,7 @@ def rope_cache(positions: np.ndarray, rot_dim: int, freq_base: float,
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+def rope_np(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
     """Rotate the first rot_dim features of every head.     x: [T, n_head, head_dim]
 
     Which features form a pair differs by model family:
@@ -89,3 +120,36 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndar
         out[..., 0:rot_dim:2] = a * c - b * s
         out[..., 1:rot_dim:2] = a * s + b * c
     return out
+
+
+@njit
+def _rope_rows(x, cos, sin, neox, out):
+    """x, out (T, n_head, head_dim): rope_np, pair by pair"""
+    half = cos.shape[1]                       # rot_dim / 2
+    out[:] = x
+    for t in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            for i in range(half):
+                ia, ib = (i, i + half) if neox else (2 * i, 2 * i + 1)
+                a, b, c, s = x[t, h, ia], x[t, h, ib], cos[t, i], sin[t, i]
+                out[t, h, ia] = a * c - b * s
+                out[t, h, ib] = a * s + b * c
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """rope_np, through the numba twin when numba is there.     x: [T, n_head, head_dim]"""
+    if not HAVE_NUMBA:
+        return rope_np(x, cos, sin, neox)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _rope_rows(x, cos, sin, bool(neox), out)
+    return out
+
+
+def warmup() -> None:
+    """Load (or compile) the numba twins before the first token needs them."""
+    if HAVE_NUMBA:
+        x = np.ones((1, 2, 4), np.float32)
+        rms_norm(x, np.ones(4, np.float32), 1e-6)
+        cos, sin = rope_cache(np.arange(1), 4, 10000.0)
+        rope(x, cos, sin, True)
