@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from .ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import TinyLLMError
 

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from gguf import GGMLQuantizationType
+from .ggml_types import GGMLQuantizationType
 
 from . import ollama
 from .errors import TinyLLMError

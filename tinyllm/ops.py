@@ -149,7 +149,8 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndar
 def warmup() -> None:
     """Load (or compile) the numba twins before the first token needs them."""
     if HAVE_NUMBA:
-        x = np.ones((1, 2, 4), np.float32)
-        rms_norm(x, np.ones(4, np.float32), 1e-6)
+        x, weight = np.ones((1, 2, 4), np.float32), np.ones(4, np.float32)
+        weight.flags.writeable = False       # as the model's norm weights are: the file map
+        rms_norm(x, weight, 1e-6)
         cos, sin = rope_cache(np.arange(1), 4, 10000.0)
         rope(x, cos, sin, True)

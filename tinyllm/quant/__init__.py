@@ -48,7 +48,7 @@ def _format(ggml_type: int) -> QuantFormat:
     f = _BY_TYPE.get(int(ggml_type))
     if f is None:
         try:
-            from gguf import GGMLQuantizationType
+            from ..ggml_types import GGMLQuantizationType
             name = GGMLQuantizationType(int(ggml_type)).name
         except ValueError:
             name = f"id {int(ggml_type)}"
