@@ -60,10 +60,16 @@ PROMPT = [int(i) for i in np.random.default_rng(11).integers(100, SYNTH["n_vocab
 REAL = {"smollm2-135m": "SmolLM2-135M-Instruct.F32.gguf", "gemma3-270m": "gemma-3-270m.F32.gguf"}
 
 
-def llama_quantize(src, dst, target: str) -> None:
+def llama_quantize(src, dst, target: str, pure: bool = False) -> None:
+    """llama.cpp's quantizer, one thread.  target: LLAMA_FTYPE_MOSTLY_<target>, or "F32"
+    (LLAMA_FTYPE_ALL_F32: an F32 copy of a quantized file, exactly its dequantized weights).
+    pure: every matrix gets the target's type (no per-tensor mix)."""
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{target}")
+    params.ftype = (llama_cpp.LLAMA_FTYPE_ALL_F32 if target == "F32"
+                    else getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{target}"))
+    params.allow_requantize = target == "F32"
+    params.pure = pure
     params.nthread = 1
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
@@ -124,11 +130,14 @@ def tinyllm_side(tmp: Path) -> None:
 
 
 # ---- the llama.cpp side --------------------------------------------------------------------------
-def llama_logits(path) -> np.ndarray:
+def llama_logits(path, prompt=None, n_batch: int = 512) -> np.ndarray:
+    """llama.cpp's final-position logits on `prompt` (default PROMPT), one thread;
+    n_batch=1 feeds it one token per decode call (its one-token path)."""
     import llama_cpp
     from llama_cpp import Llama
-    llm = Llama(model_path=str(path), n_ctx=64, n_threads=1, n_threads_batch=1, verbose=False)
-    llm.eval(PROMPT)
+    llm = Llama(model_path=str(path), n_ctx=64, n_batch=n_batch, n_threads=1, n_threads_batch=1,
+                verbose=False)
+    llm.eval(PROMPT if prompt is None else prompt)
     ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
     out = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32).copy()
     del llm

@@ -140,6 +140,53 @@ def write_model(path, arch: str = "llama", n_layer: int = 2, n_embd: int = 256, 
     return path
 
 
+# ---- a GGUF as data: record one file's metadata and tensor bytes, write it again ----------------
+def describe_gguf(path) -> tuple[dict, dict]:
+    """What rebuild_gguf needs to write `path` again: (spec, tensors).
+
+    spec["metadata"]: [key, value type, array element type or None, value] in file order;
+    spec["tensors"]: [name, ggml type, ne, sha256 of its bytes] in file order;
+    tensors: name -> uint8 bytes shaped (*reversed(ne[1:]), bytes per row)."""
+    import hashlib
+    r = gguf.GGUFReader(str(path))
+    meta = []
+    for f in r.fields.values():
+        if f.name.startswith("GGUF."):                  # header fields, not key-value pairs
+            continue
+        sub = f.types[-1].name if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        meta.append([f.name, f.types[0].name, sub, f.contents()])
+    g = GGUFFile(str(path))
+    spec, tensors = {"metadata": meta, "tensors": []}, {}
+    for name, t in g.tensors.items():
+        raw = np.array(g.raw(name))
+        tensors[name] = raw.reshape(*t.ne[:0:-1], raw.shape[-1])
+        spec["tensors"].append([name, t.type_name, [int(n) for n in t.ne],
+                                hashlib.sha256(raw.tobytes()).hexdigest()])
+    g.close()
+    return spec, tensors
+
+
+def rebuild_gguf(path, spec: dict, tensors: dict):
+    """Write the file describe_gguf recorded, with gguf.GGUFWriter: same keys and values
+    in the same order, same tensors (raw bytes, any ggml type) in the same order."""
+    meta = {k: (vt, st, v) for k, vt, st, v in spec["metadata"]}
+    w = gguf.GGUFWriter(str(path), meta["general.architecture"][2])   # writes that key first
+    if "general.alignment" in meta:
+        w.data_alignment = int(meta["general.alignment"][2])
+    for key, (vtype, sub, val) in meta.items():
+        if key != "general.architecture":
+            w.add_key_value(key, val, gguf.GGUFValueType[vtype],
+                            sub_type=gguf.GGUFValueType[sub] if sub else None)
+    for name, type_name, *_ in spec["tensors"]:
+        w.add_tensor(name, np.ascontiguousarray(tensors[name], np.uint8),
+                     raw_dtype=gguf.GGMLQuantizationType[type_name])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("arch", choices=ARCHS)
