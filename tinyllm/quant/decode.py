@@ -9,15 +9,19 @@ codes are multiplied by x straight from the file's bytes:
                                            (- c d_rb sum_k x_bk    for Q4_0 c=8, Q5_0 c=16)
 
 The offset of Q4_0/Q5_0 (their codes are stored biased by 8 / 16) and the min of
-Q4_1 both multiply the plain sum of x over the block, computed once per matvec.
+Q4_1 (and Q4_K's per-sub-block min) multiply the plain sum of x over the block,
+computed once per matvec.
 
-Shaped for LLVM (see scripts/bench_kernels.py and `inspect_asm`):
-  * four rows per call share every load of x;
+Shaped for LLVM and the memory system (see scripts/bench_kernels.py and `inspect_asm`):
+  * four rows per call share every load of x, and they are rows R/4 apart (matvec);
   * the bytes-per-block count `hb` arrives at run time: with a compile-time 16 LLVM
     unrolls the inner loop and vectorizes the *block* loop with byte gathers;
   * the per-block sum s is a scalar, which LLVM turns into a vector reduction.
-Formats: Q8_0, Q4_0, Q4_1, Q5_0 (SmolLM2 and Gemma 3 use these for most bytes);
-the others take kernels.linear_blocks.
+  * codes are narrowed to uint8/int8 before the float conversion (lo, hi, q5, q6):
+    numba types integer arithmetic as int64, and LLVM keeps whatever width it is given.
+Formats: Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K (what the real models and the common
+downloads hold); the others take kernels.linear_blocks, which unpacks a row into L1
+first.
 """
 
 from __future__ import annotations
