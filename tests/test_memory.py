@@ -112,6 +112,11 @@ def test_scratch_buffers(smol):
     assert memory.scratch_bytes(s, 32, 2048, True, all_logits=True)["logits"] == 32 * 49152 * 4
     assert on["x"] == on["xb2"] == 32 * 576 * 4 and on["hb"] == 32 * 1536 * 4
     assert on["k"] == on["v"] == 32 * 3 * 64 * 4 and on["q"] == 32 * 9 * 64 * 4
+    # classic attention also holds the cache dequantized, contiguous queries and the mask
+    assert on["att_kv"] == 0
+    assert off["att_kv"] == 2048 * 3 * (64 + 64) * 4 + 32 * 9 * 64 * 4 + 2 * 32 * 2048
+    # the FFN runs on slices of FFN_TOKENS tokens
+    assert memory.scratch_bytes(s, 512, 2048, True)["hb"] == memory.FFN_TOKENS * 1536 * 4
 
 
 # ---- measured -------------------------------------------------------------------------------

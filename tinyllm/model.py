@@ -25,6 +25,7 @@ from .attention import attention
 from .errors import TinyLLMError
 from .gguf_file import GGUFFile
 from .kvcache import KVCache
+from .memory import FFN_TOKENS
 from .ops import gelu_tanh, rms_norm, rope, rope_cache, silu
 from .quant import QTensor, linear
 
@@ -246,12 +247,15 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
 
         # ---- feed-forward: x += W_down (act(W_gate h) * W_up h),  h = norm(x)
         h = rms_norm(x, L.ffn_norm, cfg.norm_eps)
-        gate = linear(h, L.w_gate)                                     # [T, F]
-        up = linear(h, L.w_up)                                         # [T, F]
-        act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
-        del gate
-        act *= up                                                      # [T, F], in place
-        f = linear(act, L.w_down)                                      # [T, E]
+        f = np.empty_like(x)                                           # [T, E]
+        for t0 in range(0, T, FFN_TOKENS):        # [T, F] is a prefill's largest scratch: a slice at a time
+            hs = h[t0:t0 + FFN_TOKENS]
+            gate = linear(hs, L.w_gate)                                # [t, F]
+            up = linear(hs, L.w_up)                                    # [t, F]
+            act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
+            del gate
+            act *= up                                                  # [t, F], in place
+            linear(act, L.w_down, out=f[t0:t0 + FFN_TOKENS])           # [t, E]
         if L.post_ffn_norm is not None:
             f = rms_norm(f, L.post_ffn_norm, cfg.norm_eps)
         x = x + f
