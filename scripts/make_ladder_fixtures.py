@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import ctypes
 import datetime
-import hashlib
 import json
 import os
 import subprocess
@@ -62,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tinyllm.gguf_file import GGUFFile  # noqa: E402  (pure numpy)
 from tinyllm.ladder import DEFAULT_TYPES  # noqa: E402  (imports nothing heavy)
+from tinyllm.registry import sha256_file as sha256  # noqa: E402  (stdlib only)
 
 MODELS = ROOT / "models"
 SOURCE_Q = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,14 +82,6 @@ def library_info() -> dict:
         "generated": datetime.date.today().isoformat(),
         "script": "scripts/make_ladder_fixtures.py",
     }
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dev_env(activations: str = "exact") -> dict:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from synthetic_gguf import write_model  # noqa: E402
 
 from tinyllm.gguf_file import GGUFFile  # noqa: E402
+from tinyllm.registry import sha256_file as sha256  # noqa: E402
 
 OUT = ROOT / "tests" / "fixtures" / "quantize" / "llama_cpp_rmse.json"
 MODEL = dict(arch="llama", n_layer=2, n_embd=512, n_ff=1536, n_head=8, n_head_kv=4,
@@ -101,14 +102,6 @@ def write_input(path) -> Path:
             f.seek(offset)
             f.write(np.ascontiguousarray(x, np.float32).tobytes())
     return Path(path)
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def matrices(path) -> dict:

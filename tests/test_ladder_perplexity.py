@@ -25,7 +25,6 @@ llama.cpp scored, and compares tinyllm's perplexity on the same windows with:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -33,17 +32,10 @@ import pytest
 
 from conftest import FIXTURES, ROOT
 from tinyllm.ladder import DEFAULT_TYPES
+from tinyllm.registry import sha256_file as sha256
 
 FIXTURE = FIXTURES / "smollm2-135m" / "ladder_perplexity.json"
 TYPES = DEFAULT_TYPES.split(",")
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
