@@ -4,6 +4,10 @@
     .venv/bin/python scripts/bench_kernels.py Q8_0 Q4_1       # some types
     .venv/bin/python scripts/bench_kernels.py --overhead      # per-call cost on tiny matrices
 
+The matvec columns time a decode step (linear(..., decode=True)): int8 activations for
+Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K (decode_q8.py); TINYLLM_ACTIVATIONS=exact times the float
+kernels (decode.py) instead.
+
 Weights are random blocks made by gguf's quantizer (or random bytes with sane
 scales for types gguf cannot quantize), so no model file is needed.
 """
@@ -75,7 +79,7 @@ def main():
             cells = []
             for th in threads:
                 jit.set_threads(th)
-                dt = best_time(lambda: linear(x, w, y))
+                dt = best_time(lambda: linear(x, w, y, decode=True))
                 cells.append(f"{dt * 1e6:7.0f}us {w.nbytes / dt / 1e9:4.1f}")
             line = f"{name:6s} {n_rows:>6d}x{n_cols:<5d} {w.nbytes / 1e6:7.1f} " + " ".join(
                 f"{c:>14s}" for c in cells)
@@ -100,7 +104,7 @@ def main():
                 cells = []
                 for th in threads:
                     jit.set_threads(th)
-                    cells.append(f"{best_time(lambda: linear(x, w, y)) * 1e6:6.1f}us")
+                    cells.append(f"{best_time(lambda: linear(x, w, y, decode=True)) * 1e6:6.1f}us")
                 print(f"{name:6s} {n_rows:>6d}x{n_cols:<5d} per call: " + "  ".join(cells))
 
 

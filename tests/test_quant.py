@@ -3,7 +3,9 @@
 - dequantize(): bit-exact with gguf.quants.dequantize, on random blocks (scales
   include 0, subnormals, the f16 maximum and negatives) and on real model tensors.
 - linear(): the numba kernels equal the numpy path that rounds activations the same
-  way (tight), and are close to dequantize(W) @ x (loose: 8-bit activations).
+  way (tight), and are close to dequantize(W) @ x (loose: 8-bit activations).  One-token
+  decode over the int8 formats rounds x by default (decode_q8.py); its kernels are checked
+  against the same numpy rounding path on every SIMD path (AVX-512 VNNI, AVX2, generic).
 - TINYLLM_NO_NUMBA=1 gives the same numbers; unknown types fail with one clear error.
 """
 
@@ -22,7 +24,7 @@ from gguf import GGMLQuantizationType, quants
 from tinyllm import jit
 from tinyllm.errors import TinyLLMError
 from tinyllm.gguf_file import GGUFFile
-from tinyllm.quant import FORMATS, QTensor, dequantize, linear, supported_types
+from tinyllm.quant import FORMATS, INT8_DECODE_TYPES, QTensor, dequantize, linear, supported_types
 from tinyllm.quant import activations as act
 from tinyllm.quant import common as act_kinds
 
@@ -215,8 +217,10 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("name", supported_types())
 def test_linear_matches_references(name):
-    """linear() (exact activations by default) against float64 dequantize(W) @ x, and the
-    numba kernel in llama.cpp-rounding mode against the numpy path with the same rounding."""
+    """linear() against float64 dequantize(W) @ x (prefill, and decode of the formats
+    without an int8 kernel: x as it is), one-token decode of the int8 formats against
+    the numpy path that rounds x the same way, and the numba prefill kernel in
+    llama.cpp-rounding mode against that numpy path."""
     rng = np.random.default_rng(sum(map(ord, name)))
     f = FORMATS[name]
     n_cols = 512 if f.block_size == 256 else 160
@@ -228,6 +232,12 @@ def test_linear_matches_references(name):
     exact = x.astype(np.float64) @ w.dequantize().astype(np.float64).T
     assert rel_err(y1, exact[0]) < 2e-6
     assert rel_err(yT, exact) < 2e-6
+    yd = linear(x[0], w, decode=True)          # a decode step
+    if f.ggml_type in INT8_DECODE_TYPES:
+        assert rel_err(yd, f.linear_np(w.raw, x[:1])[0]) < 2e-6
+        assert rel_err(yd, exact[0]) < 3e-2
+    else:
+        assert np.array_equal(yd, y1)
     out = np.full(67, np.nan, np.float32)
     assert linear(x[0], w, out=out) is out and np.array_equal(out, y1)
     if f.kernel is not None and f.act in act_kinds.ACT_KINDS:
@@ -254,7 +264,62 @@ def test_linear_on_real_layers(models):
         x = rng.standard_normal((2, info.ne[0])).astype(np.float32)
         exact = x.astype(np.float64) @ gguf_dequantize(raw, info.type_name).astype(np.float64).T
         assert rel_err(linear(x[1], w), exact[1]) < 2e-6, name
+        if info.ggml_type in INT8_DECODE_TYPES:    # a decode step rounds x to 8 bits
+            yd = linear(x[1], w, decode=True)
+            assert rel_err(yd, w.fmt.linear_np(w.raw, x[1:])[0]) < 2e-6, name
+            assert rel_err(yd, exact[1]) < 3e-2, name
         assert rel_err(linear(x, w), exact) < 2e-6, name
+
+
+# ---- the int8 decode kernels on every SIMD path ----------------------------------------------
+INT8_SCRIPT = r"""
+import json, sys
+import numpy as np
+from tinyllm.quant import FORMATS, QTensor, decode_q8, simd
+from tinyllm.quant.common import F16_TO_F32
+out = {"vnni": simd.X86_VNNI, "avx2": simd.X86_AVX2}
+for name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
+    f = FORMATS[name]
+    w = QTensor(np.load(raw_path), f.ggml_type, n_cols)
+    x = np.load(x_path)
+    y = np.full(w.n_rows, np.nan, np.float32)
+    decode_q8.matvec(w._w, x, y, f.ggml_type, F16_TO_F32)
+    ref = f.linear_np(w.raw, x[None])[0]
+    out[name] = float(np.abs(y - ref).max() / np.abs(ref).max())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("path", ["native", "avx2", "generic"])
+def test_int8_decode_kernels_equal_the_rounding_oracle(tmp_path, path):
+    """decode_q8.matvec (int8 dot products) against the numpy path that rounds x the way
+    llama.cpp does, for each format, with 4k+1..4k+3 rows (the tail) and a 2048-wide
+    row.  "avx2" and "generic" force those instruction paths in a fresh process
+    (TINYLLM_SIMD): generic is what aarch64 runs."""
+    rng = np.random.default_rng(7)
+    jobs = []
+    names = [n for n in supported_types() if FORMATS[n].ggml_type in INT8_DECODE_TYPES]
+    assert sorted(names) == sorted(["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K"])
+    for i, name in enumerate(names):
+        n_rows, n_cols = 37 + i % 3, (2048 if i % 2 else 512)
+        np.save(tmp_path / f"{name}.w.npy", weights(name, n_rows, n_cols, rng))
+        x = (rng.standard_normal(n_cols) * 10.0 ** rng.uniform(-3, 2)).astype(np.float32)
+        x[rng.integers(0, n_cols, 5)] *= 30                  # outliers set the block scales
+        np.save(tmp_path / f"{name}.x.npy", x)
+        jobs.append((name, str(tmp_path / f"{name}.w.npy"), n_cols, str(tmp_path / f"{name}.x.npy")))
+    env = dict(os.environ)
+    if path != "native":
+        env["TINYLLM_SIMD"] = path
+    res = subprocess.run([sys.executable, "-c", INT8_SCRIPT, json.dumps(jobs)], env=env,
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    if path == "generic":
+        assert not got["avx2"] and not got["vnni"]
+    if path == "avx2":
+        assert not got["vnni"]
+    for name in names:
+        assert got[name] < 2e-6, (name, got[name])
 
 
 # ---- the no-numba fallback -------------------------------------------------------------------
@@ -268,7 +333,7 @@ out = {}
 for name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
     w = QTensor(np.load(raw_path), FORMATS[name].ggml_type, n_cols)
     x = np.load(x_path)
-    out[name] = [linear(x[0], w).tolist(), linear(x, w).tolist()]
+    out[name] = [linear(x[0], w, decode=True).tolist(), linear(x, w).tolist()]
 print(json.dumps(out))
 """
 
@@ -285,7 +350,7 @@ def test_no_numba_fallback_gives_the_same_numbers(tmp_path):
         np.save(tmp_path / f"{name}.x.npy", x)
         jobs.append((name, str(tmp_path / f"{name}.w.npy"), n_cols, str(tmp_path / f"{name}.x.npy")))
         w = QTensor(raw, f.ggml_type, n_cols)
-        expect[name] = (linear(x[0], w), linear(x, w))
+        expect[name] = (linear(x[0], w, decode=True), linear(x, w))
     env = dict(os.environ, TINYLLM_NO_NUMBA="1")
     res = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, json.dumps(jobs)], env=env,
                          capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -26,6 +26,8 @@ def _sources_digest() -> str:
             if f.endswith(".py"):
                 with open(os.path.join(d, f), "rb") as fh:
                     h.update(fh.read())
+    # simd.py compiles different instructions under TINYLLM_SIMD: a cache of its own
+    h.update(os.environ.get("TINYLLM_SIMD", "").strip().lower().encode())
     return h.hexdigest()[:12]
 
 

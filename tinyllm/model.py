@@ -199,17 +199,20 @@ class Model:
     def reset(self) -> None:
         self.cache.truncate(0)
 
-    def forward(self, tokens, pos: int, all_logits: bool = False) -> np.ndarray:
-        return forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits)
+    def forward(self, tokens, pos: int, all_logits: bool = False, exact: bool = False) -> np.ndarray:
+        return forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits, exact)
 
 
 def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
-            all_logits: bool = False) -> np.ndarray:
+            all_logits: bool = False, exact: bool = False) -> np.ndarray:
     """Run tokens (at positions pos..pos+T-1) through the model, filling the KV cache.
 
-    Returns logits [T, V] if all_logits else [V] for the last token.
+    Returns logits [T, V] if all_logits else [V] for the last token.  A one-token step
+    rounds activations to 8 bits inside the int8 matvecs, as llama.cpp does, unless
+    exact (quant/activations.py).
     """
     T = len(tokens)
+    dec = T == 1 and not exact     # a decode step: int8 dot products where the format has them
     H, Hkv, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
     positions = np.arange(pos, pos + T)
     rope_global = rope_cache(positions, cfg.rope_dim, cfg.rope_freq_base, w.rope_freqs, cfg.rope_freq_scale)
@@ -226,9 +229,9 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
 
         # ---- attention: x += Wo . attention(rope(Wq h), rope(Wk h), Wv h),  h = norm(x)
         h = rms_norm(x, L.attn_norm, cfg.norm_eps)                     # [T, E]
-        q = linear(h, L.wq)                                            # [T, H*D]
-        k = linear(h, L.wk)                                            # [T, Hkv*D]
-        v = linear(h, L.wv)                                            # [T, Hkv*Dv]
+        q = linear(h, L.wq, decode=dec)                                            # [T, H*D]
+        k = linear(h, L.wk, decode=dec)                                            # [T, Hkv*D]
+        v = linear(h, L.wv, decode=dec)                                            # [T, Hkv*Dv]
         if L.bq is not None:
             q, k, v = q + L.bq, k + L.bk, v + L.bv
         q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, cfg.head_dim_v)
@@ -240,7 +243,7 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         cache.store(il, pos, k, v)
         n_kv = pos + T
         a = attention(q, cache.view(il, n_kv), pos, cfg.attn_scale, window, cache.flash_attn)
-        a = linear(a.reshape(T, H * cfg.head_dim_v), L.wo)             # [T, E]
+        a = linear(a.reshape(T, H * cfg.head_dim_v), L.wo, decode=dec)  # [T, E]
         if L.post_attn_norm is not None:
             a = rms_norm(a, L.post_attn_norm, cfg.norm_eps)
         x = x + a
@@ -250,17 +253,17 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         f = np.empty_like(x)                                           # [T, E]
         for t0 in range(0, T, FFN_TOKENS):        # [T, F] is a prefill's largest scratch: a slice at a time
             hs = h[t0:t0 + FFN_TOKENS]
-            gate = linear(hs, L.w_gate)                                # [t, F]
-            up = linear(hs, L.w_up)                                    # [t, F]
+            gate = linear(hs, L.w_gate, decode=dec)                                # [t, F]
+            up = linear(hs, L.w_up, decode=dec)                                    # [t, F]
             act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
             del gate
             act *= up                                                  # [t, F], in place
-            linear(act, L.w_down, out=f[t0:t0 + FFN_TOKENS])           # [t, E]
+            linear(act, L.w_down, out=f[t0:t0 + FFN_TOKENS], decode=dec)  # [t, E]
         if L.post_ffn_norm is not None:
             f = rms_norm(f, L.post_ffn_norm, cfg.norm_eps)
         x = x + f
 
     x = x if all_logits else x[-1:]
     x = rms_norm(x, w.output_norm, cfg.norm_eps)
-    logits = linear(x, w.output)                                       # [T or 1, V]
+    logits = linear(x, w.output, decode=dec)                           # [T or 1, V]
     return logits if all_logits else logits[0]

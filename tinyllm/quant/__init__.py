@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import TinyLLMError
 from ..jit import HAVE_NUMBA, call_serial
 from . import decode, float as _float, q4, q5, q8_0, kquants, iq4
-from .activations import ROUND_LIKE_LLAMA_CPP
+from .decode_q8 import TYPES as INT8_DECODE_TYPES
+from .activations import ROUND_IN_DECODE, ROUND_LIKE_LLAMA_CPP
 from .common import F16_TO_F32, QuantFormat, row_chunks
 
 # name -> QuantFormat, in the order they are listed to users
@@ -88,9 +89,17 @@ class QTensor:
         self._w = f.weight_view(raw)     # what the numba kernel reads (a view)
         self._kernel, self._kernel_args = f.kernel, f.kernel_args
         self._serial = self.nbytes < SERIAL_BELOW_BYTES
-        # one-token matvec straight from the bytes (decode.py) where a fused dot exists
-        self._decode = (decode.matvec if HAVE_NUMBA and not ROUND_LIKE_LLAMA_CPP
-                        and f.ggml_type in decode.FUSED_TYPES else None)
+        # one-row matvecs straight from the bytes, where a fused dot exists:
+        #   _matvec_q8  x rounded to 8 bits, int8 dot products (decode_q8.py): decode steps
+        #   _matvec     x as it is (decode.py): the last row of a prefill, or decode with
+        #               TINYLLM_ACTIVATIONS=exact
+        self._rounds_in_decode = ROUND_IN_DECODE and f.ggml_type in INT8_DECODE_TYPES
+        self._matvec_q8 = self._matvec = None
+        if HAVE_NUMBA and self._rounds_in_decode:
+            from . import decode_q8
+            self._matvec_q8 = decode_q8.matvec
+        if HAVE_NUMBA and not ROUND_LIKE_LLAMA_CPP and f.ggml_type in decode.FUSED_TYPES:
+            self._matvec = decode.matvec
 
     def __repr__(self):
         return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"
@@ -114,17 +123,20 @@ def linear_exact_np(w: QTensor, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def linear(x: np.ndarray, w: QTensor, out=None) -> np.ndarray:
+def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False) -> np.ndarray:
     """y = x @ W^T.   x (n_cols,) -> (n_rows,)   or   x (T, n_cols) -> (T, n_rows).
 
-    x is used as it is, unless TINYLLM_ACTIVATIONS=llama asks for llama.cpp's rounding
-    (see activations.py)."""
+    decode=True (a one-token step) over Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K rounds x to 8 bits
+    first, as llama.cpp does, for int8 dot products; otherwise x is used as it is.
+    TINYLLM_ACTIVATIONS changes that (see activations.py)."""
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
-    if w._decode is not None and not w._serial and x.size == w.n_cols:
-        # decode fast path: one token, straight to the fused kernel (saves ~5 us a call)
+    rounded = ROUND_LIKE_LLAMA_CPP or (decode and w._rounds_in_decode)
+    matvec = (w._matvec_q8 if rounded else w._matvec) if x.size == w.n_cols else None
+    if matvec is not None and not w._serial:
+        # one row: straight to the fused kernel (saves ~5 us a call)
         y = np.empty(x.shape[:-1] + (w.n_rows,), np.float32) if out is None else out
-        w._decode(w._w, x.reshape(-1), y.reshape(-1), w.ggml_type, F16_TO_F32)
+        matvec(w._w, x.reshape(-1), y.reshape(-1), w.ggml_type, F16_TO_F32)
         return y
     shape = x.shape[:-1] + (w.n_rows,)
     x2 = x.reshape(-1, w.n_cols)                     # (T, n), a view
@@ -132,10 +144,9 @@ def linear(x: np.ndarray, w: QTensor, out=None) -> np.ndarray:
         out = np.empty(shape, np.float32)
     y2 = out.reshape(x2.shape[0], w.n_rows)          # a view when out is contiguous
     if w._kernel is None:
-        y2[:] = w.fmt.linear_np(w.raw, x2) if ROUND_LIKE_LLAMA_CPP else linear_exact_np(w, x2)
-    elif w._decode is not None and x2.shape[0] == 1:
-        args = (w._w, x2[0], y2[0], w.ggml_type, F16_TO_F32)
-        call_serial(w._decode, *args) if w._serial else w._decode(*args)
+        y2[:] = w.fmt.linear_np(w.raw, x2) if rounded else linear_exact_np(w, x2)
+    elif matvec is not None:
+        call_serial(matvec, w._w, x2[0], y2[0], w.ggml_type, F16_TO_F32)
     elif w._serial and x2.shape[0] == 1:
         call_serial(w._kernel, w._w, x2, y2, *w._kernel_args)
     else:

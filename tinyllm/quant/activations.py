@@ -11,10 +11,20 @@ loop is an integer dot product per block:
     F16 / BF16                   F16 / BF16    x rounded to half / bfloat16
     F32                          F32           unchanged
 
-tinyllm does NOT do this by default: it multiplies the stored weights by x as
-it is (float32), i.e. it computes exactly the product llama.cpp would compute on
-an F32 copy of the same weights.  Why (measured on SmolLM2-135M Q4_1 and Gemma 3
-270M Q4_K_M, see tests/test_agreement.py and scripts/make_fixtures.py):
+tinyllm does this where it pays -- one-token decode -- and nowhere else by default.
+TINYLLM_ACTIVATIONS chooses:
+
+  decode (default)  x rounded as llama.cpp does for a one-token matvec over Q8_0,
+                    Q4_0, Q4_1, Q5_0, Q4_K and Q6_K weights (decode_q8.py: an int8 dot
+                    product, 2-3x faster than multiplying in float: decode is a race
+                    against memory bandwidth and this is what keeps up with it); x as it
+                    is (float32) everywhere else, prefill and perplexity included.
+  exact             x as it is everywhere: exactly the product llama.cpp would compute on
+                    an F32 copy of the same weights.
+  llama             x rounded everywhere, as llama.cpp does.
+
+Why exact in prefill (measured on SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M, see
+tests/test_agreement.py and scripts/make_fixtures.py):
   * rounding x to 8 bits is a chaotic perturbation on these small models: a 1e-7
     change in one dot product flips int8 roundings that grow layer by layer, so
     llama.cpp disagrees with *itself* by KL 1e-3..4e-2 between its batched and
@@ -25,10 +35,11 @@ an F32 copy of the same weights.  Why (measured on SmolLM2-135M Q4_1 and Gemma 3
     and over a whole text its perplexity is within 0.5 % of llama.cpp's on the
     quantized file (0.2-0.4 % lower: the rounding only adds noise; on a few windows
     the window-to-window noise of the rounding reaches 0.6 %);
-  * it costs nothing here: numba cannot emit int8 dot-product instructions, so the
-    kernels multiply in float32 either way.
-Set TINYLLM_ACTIVATIONS=llama to round x the way llama.cpp does (the functions
-below); the kernels and their tests cover both.
+  * a prefill multiplies each weight by many tokens, so the float kernels' speed
+    there does not hinge on the rounding the way decode's does.
+So prompts and perplexities are tested against llama.cpp to ~1e-6, and decode is
+tested token for token against llama.cpp's greedy continuations, and kernel by kernel
+against the numpy functions below.
 
 When rounding, the quantized x is kept unpacked, as float32 arrays of small
 integers (exact), so kernels can multiply without converting them again for
@@ -52,8 +63,13 @@ from ..jit import njit
 QK = 32     # block of Q8_0 / Q8_1
 QK_K = 256  # super-block of Q8_K and the k-quants
 
+MODE = os.environ.get("TINYLLM_ACTIVATIONS", "decode").strip().lower() or "decode"
+if MODE not in ("decode", "exact", "llama"):
+    raise ValueError(f"TINYLLM_ACTIVATIONS={MODE!r}: expected decode, exact or llama")
 # True: round x like llama.cpp before every quantized dot (see the module docstring).
-ROUND_LIKE_LLAMA_CPP = os.environ.get("TINYLLM_ACTIVATIONS", "exact").strip().lower() == "llama"
+ROUND_LIKE_LLAMA_CPP = MODE == "llama"
+# True: round x in one-token matvecs over the formats decode_q8.py has int8 kernels for.
+ROUND_IN_DECODE = MODE in ("decode", "llama")
 
 
 # ---- numpy versions: x (T, n) float32 ---------------------------------------------------------

@@ -97,12 +97,19 @@ class QuantFormat:
         # Some kernels want the bytes under another dtype (F16: uint16 rows); a view, no copy.
         self.weight_view = weight_view or (lambda raw: raw)
 
-    def kernels(self):
-        from . import decode
-        ks = [self.kernel] if self.kernel is not None else []
-        if ks and self.ggml_type in decode.FUSED_TYPES:
+    def matvecs(self):
+        """the one-row kernels QTensor uses for this format (see QTensor.__init__)"""
+        from . import decode, decode_q8
+        from .activations import ROUND_IN_DECODE, ROUND_LIKE_LLAMA_CPP
+        ks = []
+        if ROUND_IN_DECODE and self.ggml_type in decode_q8.TYPES:
+            ks.append(decode_q8.matvec)
+        if not ROUND_LIKE_LLAMA_CPP and self.ggml_type in decode.FUSED_TYPES:
             ks.append(decode.matvec)
         return ks
+
+    def kernels(self):
+        return [self.kernel] + self.matvecs() if self.kernel is not None else []
 
     def warmup(self):
         """Run the kernel once on a tiny matrix: compiles or loads the cache for exactly
@@ -114,10 +121,8 @@ class QuantFormat:
         raw.flags.writeable = False      # as the model's weights are: a read-only file map
         self.kernel(self.weight_view(raw), np.zeros((1, n_cols), np.float32),
                     np.zeros((1, 2), np.float32), *self.kernel_args)
-        from . import decode
-        if self.ggml_type in decode.FUSED_TYPES:
-            decode.matvec(raw, np.zeros(n_cols, np.float32), np.zeros(2, np.float32),
-                          self.ggml_type, F16_TO_F32)
+        for matvec in self.matvecs():
+            matvec(raw, np.zeros(n_cols, np.float32), np.zeros(2, np.float32), self.ggml_type, F16_TO_F32)
 
     def __repr__(self):
         return f"QuantFormat({self.name})"

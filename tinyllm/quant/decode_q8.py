@@ -1,0 +1,263 @@
+"""Decode (one token) matvecs with 8-bit activations: llama.cpp's inner loop.
+
+llama.cpp rounds x to 8 bits before every quantized dot product (activations.py
+has the formats and their rounding); each block's dot product is then an integer
+one.  The weights never leave their bytes either: per block of 32 weights,
+
+    y_r = sum_b  d_w d_x  (q_w . q_x)          q_w: unsigned codes, q_x: int8
+
+with the bias of the codes (Q4_0: 8, Q5_0: 16, Q6_K: 32) or the min (Q4_1, Q4_K)
+folded in through the sum of q_x over the block, an integer known before the row:
+
+    sum (q_w - c) q_x  =  q_w . q_x  -  c sum(q_x)
+
+`q_w . q_x` is one or two instructions for 32 weights (simd.dot), kept as 8 int32
+lanes; a k-quant's sub-block scales multiply those lanes as integers; the block (or
+super-block) scale turns them into floats added to 8 float lanes that live in a
+register for the whole row (simd.fma), summed once at the end (simd.hsum).
+
+Numerics: what llama.cpp's one-token path computes (the same rounding of x, the
+same integer sums), up to the order of the float additions.  It is the default
+for one-token decode (TINYLLM_ACTIVATIONS, activations.py): about 2.5x faster than
+the float kernels in decode.py, which remain for TINYLLM_ACTIVATIONS=exact.
+
+Row order, threads and the four rows per call are those of decode.matvec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..jit import FASTMATH, HAVE_NUMBA, njit, prange
+from .activations import quantize_q8_0, quantize_q8_1, quantize_q8_K
+from .kquants import scale_min_at
+
+if HAVE_NUMBA:     # without numba these kernels are never called (linear() uses the numpy oracle)
+    from .simd import (bytes32, dot, dot_signed, f16_at, fma, hsum, madd, nibbles16, nibbles_hi,
+                       nibbles_lo, with_2bits, with_bit4, zeros_f32x8, zeros_i32x8)
+
+
+# Q8_0 block (34 bytes): d f16 | q[32] int8                          w = d q
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q8_0(w0, w1, w2, w3, xq, xd, xs):
+    a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
+    for b in range(xd.shape[0]):
+        o, xo, d = 34 * b, 32 * b, xd[b]
+        a0 = fma(a0, dot_signed(bytes32(w0, o + 2), xq, xo), f16_at(w0, o) * d)
+        a1 = fma(a1, dot_signed(bytes32(w1, o + 2), xq, xo), f16_at(w1, o) * d)
+        a2 = fma(a2, dot_signed(bytes32(w2, o + 2), xq, xo), f16_at(w2, o) * d)
+        a3 = fma(a3, dot_signed(bytes32(w3, o + 2), xq, xo), f16_at(w3, o) * d)
+    return hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+
+
+# Q4_0 block (18 bytes): d f16 | qs[16]: byte k = code k (low nibble), code k+16 (high)
+#                                                                     w = d (q - 8)
+# Q5_0 block (22 bytes): d f16 | qh u32: bit k = 5th bit of code k | qs[16] as Q4_0
+#                                                                     w = d (q - 16)
+# xs[b] = d_x sum(q_x) over block b: the bias term is -c d_w xs[b].
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q4_0(w0, w1, w2, w3, xq, xd, xs):
+    return _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xs, False)
+
+
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q5_0(w0, w1, w2, w3, xq, xd, xs):
+    return _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xs, True)
+
+
+@njit(fastmath=FASTMATH, inline="always")      # inlined: five_bits becomes a constant
+def _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xs, five_bits):
+    a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
+    c0 = c1 = c2 = c3 = np.float32(0.0)
+    size, qs = (22, 6) if five_bits else (18, 2)
+    for b in range(xd.shape[0]):
+        o, xo, d = size * b, 32 * b, xd[b]
+        if five_bits:
+            q0, q1 = with_bit4(nibbles16(w0, o + qs), w0, o + 2), with_bit4(nibbles16(w1, o + qs), w1, o + 2)
+            q2, q3 = with_bit4(nibbles16(w2, o + qs), w2, o + 2), with_bit4(nibbles16(w3, o + qs), w3, o + 2)
+        else:
+            q0, q1, q2, q3 = nibbles16(w0, o + qs), nibbles16(w1, o + qs), nibbles16(w2, o + qs), nibbles16(w3, o + qs)
+        d0, d1, d2, d3 = f16_at(w0, o), f16_at(w1, o), f16_at(w2, o), f16_at(w3, o)
+        a0 = fma(a0, dot(q0, xq, xo), d0 * d)
+        a1 = fma(a1, dot(q1, xq, xo), d1 * d)
+        a2 = fma(a2, dot(q2, xq, xo), d2 * d)
+        a3 = fma(a3, dot(q3, xq, xo), d3 * d)
+        s = xs[b]
+        c0 += d0 * s
+        c1 += d1 * s
+        c2 += d2 * s
+        c3 += d3 * s
+    c = np.float32(16.0) if five_bits else np.float32(8.0)
+    return hsum(a0) - c * c0, hsum(a1) - c * c1, hsum(a2) - c * c2, hsum(a3) - c * c3
+
+
+# Q4_1 block (20 bytes): d f16 | m f16 | qs[16] as Q4_0                 w = d q + m
+# with Q8_1 activations: xs[b] = f16(d_x sum(q_x)), so the m term is m_w xs[b].
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q4_1(w0, w1, w2, w3, xq, xd, xs):
+    a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
+    c0 = c1 = c2 = c3 = np.float32(0.0)
+    for b in range(xd.shape[0]):
+        o, xo, d, s = 20 * b, 32 * b, xd[b], xs[b]
+        a0 = fma(a0, dot(nibbles16(w0, o + 4), xq, xo), f16_at(w0, o) * d)
+        a1 = fma(a1, dot(nibbles16(w1, o + 4), xq, xo), f16_at(w1, o) * d)
+        a2 = fma(a2, dot(nibbles16(w2, o + 4), xq, xo), f16_at(w2, o) * d)
+        a3 = fma(a3, dot(nibbles16(w3, o + 4), xq, xo), f16_at(w3, o) * d)
+        c0 += f16_at(w0, o + 2) * s
+        c1 += f16_at(w1, o + 2) * s
+        c2 += f16_at(w2, o + 2) * s
+        c3 += f16_at(w3, o + 2) * s
+    return hsum(a0) + c0, hsum(a1) + c1, hsum(a2) + c2, hsum(a3) + c3
+
+
+# Q4_K super-block (144 bytes, 256 weights): d f16 | dmin f16 | scales[12] | qs[128]
+#   8 sub-blocks of 32, six-bit scale sc_j and min m_j (kquants.scale_min_at);
+#   qs[32p + l]: low nibble = weight 64p + l (sub-block 2p), high = 64p + 32 + l (2p+1)
+#                                                     w = d sc_j q - dmin m_j
+# Q8_K activations: one float d_x per 256, bs[k] = sum of q_x over weights 16k..16k+15.
+#   y = d_w d_x sum_j sc_j (q_j . q_x)  -  dmin_w d_x sum_j m_j (bs[2j] + bs[2j+1])
+@njit(inline="always")
+def _q4_K_row(acc, w, o, B, xq, xd, bs):
+    isum = zeros_i32x8()
+    mins = np.float32(0.0)
+    for p in range(4):
+        q, xo, k = o + 16 + 32 * p, 256 * B + 64 * p, 16 * B + 4 * p
+        sc0, m0 = scale_min_at(w, o + 4, 2 * p)
+        sc1, m1 = scale_min_at(w, o + 4, 2 * p + 1)
+        isum = madd(isum, dot(nibbles_lo(w, q), xq, xo), sc0, sc0)
+        isum = madd(isum, dot(nibbles_hi(w, q), xq, xo + 32), sc1, sc1)
+        mins += m0 * (bs[k] + bs[k + 1]) + m1 * (bs[k + 2] + bs[k + 3])
+    d = xd[B]
+    return fma(acc, isum, f16_at(w, o) * d), f16_at(w, o + 2) * d * np.float32(mins)
+
+
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q4_K(w0, w1, w2, w3, xq, xd, bs):
+    a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
+    c0 = c1 = c2 = c3 = np.float32(0.0)
+    for B in range(xd.shape[0]):
+        o = 144 * B
+        a0, m = _q4_K_row(a0, w0, o, B, xq, xd, bs)
+        c0 += m
+        a1, m = _q4_K_row(a1, w1, o, B, xq, xd, bs)
+        c1 += m
+        a2, m = _q4_K_row(a2, w2, o, B, xq, xd, bs)
+        c2 += m
+        a3, m = _q4_K_row(a3, w3, o, B, xq, xd, bs)
+        c3 += m
+    return hsum(a0) - c0, hsum(a1) - c1, hsum(a2) - c2, hsum(a3) - c3
+
+
+# Q6_K super-block (210 bytes, 256 weights): ql[128] | qh[64] | scales[16] int8 | d f16
+#   per half h (128 weights), l = 0..31:  a = ql[64h + l], b = ql[64h + 32 + l], c = qh[32h + l]
+#     weight 128h + l      = (a & 15) | (c & 3) << 4        weight 128h + 64 + l = a >> 4 | (c >> 4 & 3) << 4
+#     weight 128h + 32 + l = (b & 15) | (c >> 2 & 3) << 4   weight 128h + 96 + l = b >> 4 | (c >> 6 & 3) << 4
+#   codes are stored +32; sub-block j = 16 weights, scale sc_j (int8)          w = d sc_j (q - 32)
+#   y = d_w d_x (sum_j sc_j (q_j . q_x)  -  32 sum_j sc_j bs[j])
+@njit(inline="always")
+def _i8(w, k):
+    return np.int64(np.int8(w[k]))
+
+
+@njit(inline="always")
+def _q6_K_row(acc, w, o, B, xq, xd, bs):
+    isum = zeros_i32x8()
+    bias = np.float32(0.0)
+    for h in range(2):
+        ql, qh, xo, sc = o + 64 * h, o + 128 + 32 * h, 256 * B + 128 * h, o + 192 + 8 * h
+        # each dot covers two sub-blocks: lanes 0..3 the first 16 weights, 4..7 the next
+        isum = madd(isum, dot(with_2bits(nibbles_lo(w, ql), w, qh, 0), xq, xo), _i8(w, sc), _i8(w, sc + 1))
+        isum = madd(isum, dot(with_2bits(nibbles_lo(w, ql + 32), w, qh, 2), xq, xo + 32),
+                    _i8(w, sc + 2), _i8(w, sc + 3))
+        isum = madd(isum, dot(with_2bits(nibbles_hi(w, ql), w, qh, 4), xq, xo + 64), _i8(w, sc + 4), _i8(w, sc + 5))
+        isum = madd(isum, dot(with_2bits(nibbles_hi(w, ql + 32), w, qh, 6), xq, xo + 96),
+                    _i8(w, sc + 6), _i8(w, sc + 7))
+        for j in range(8):
+            bias += _i8(w, sc + j) * bs[16 * B + 8 * h + j]
+    d = f16_at(w, o + 208) * xd[B]
+    return fma(acc, isum, d), d * np.float32(32 * bias)
+
+
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q6_K(w0, w1, w2, w3, xq, xd, bs):
+    a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
+    c0 = c1 = c2 = c3 = np.float32(0.0)
+    for B in range(xd.shape[0]):
+        o = 210 * B
+        a0, m = _q6_K_row(a0, w0, o, B, xq, xd, bs)
+        c0 += m
+        a1, m = _q6_K_row(a1, w1, o, B, xq, xd, bs)
+        c1 += m
+        a2, m = _q6_K_row(a2, w2, o, B, xq, xd, bs)
+        c2 += m
+        a3, m = _q6_K_row(a3, w3, o, B, xq, xd, bs)
+        c3 += m
+    return hsum(a0) - c0, hsum(a1) - c1, hsum(a2) - c2, hsum(a3) - c3
+
+
+@njit
+def dot4(fmt, w0, w1, w2, w3, xq, xd, xs):
+    if fmt == 8:
+        return dot4_q8_0(w0, w1, w2, w3, xq, xd, xs)
+    if fmt == 2:
+        return dot4_q4_0(w0, w1, w2, w3, xq, xd, xs)
+    if fmt == 6:
+        return dot4_q5_0(w0, w1, w2, w3, xq, xd, xs)
+    if fmt == 3:
+        return dot4_q4_1(w0, w1, w2, w3, xq, xd, xs)
+    if fmt == 12:
+        return dot4_q4_K(w0, w1, w2, w3, xq, xd, xs)
+    return dot4_q6_K(w0, w1, w2, w3, xq, xd, xs)
+
+
+TYPES = (8, 2, 6, 3, 12, 14)   # ggml type ids: Q8_0, Q4_0, Q5_0, Q4_1, Q4_K, Q6_K
+
+
+@njit
+def quantize_x(fmt, x):
+    """x rounded as llama.cpp's vec_dot type for fmt: xq int8 (n,), scales xd and per-block
+    terms xs (Q8_0: d sum(q) per 32;  Q8_1: f16(d sum(q)) per 32;  Q8_K: sums per 16)"""
+    n = x.shape[0]
+    qf = np.empty(n, np.float32)
+    if fmt == 12 or fmt == 14:                      # Q8_K
+        xd = np.empty(n // 256, np.float32)
+        xs = np.empty(n // 16, np.float32)
+        quantize_q8_K(x, qf, xd, xs)
+    else:
+        xd = np.empty(n // 32, np.float32)
+        xs = np.empty(n // 32, np.float32)
+        if fmt == 3:                                # Q8_1
+            quantize_q8_1(x, qf, xd, xs)
+        else:                                       # Q8_0
+            quantize_q8_0(x, qf, xd)
+            for b in range(n // 32):
+                total = np.float32(0.0)
+                for k in range(32 * b, 32 * b + 32):
+                    total += qf[k]
+                xs[b] = xd[b] * total
+    xq = np.empty(n, np.int8)
+    for k in range(n):
+        xq[k] = np.int8(qf[k])
+    return xq, xd, xs
+
+
+@njit(parallel=True)
+def matvec(w, x, y, fmt, lut):
+    """y (R,) = W (R, row_bytes) . x (n,), W in one of TYPES, x rounded to 8 bits first.
+    (lut is unused: the same signature as decode.matvec.)"""
+    xq, xd, xs = quantize_x(fmt, x)
+    n_rows = w.shape[0]
+    Q = n_rows // 4                    # rows [0, 4Q) in four strided streams (decode.matvec)
+    tail = n_rows - 4 * Q
+    for g in prange(Q + (tail > 0)):
+        if g < Q:
+            a0, a1, a2, a3 = dot4(fmt, w[g], w[g + Q], w[g + 2 * Q], w[g + 3 * Q], xq, xd, xs)
+            y[g], y[g + Q], y[g + 2 * Q], y[g + 3 * Q] = a0, a1, a2, a3
+        else:
+            r, last = 4 * Q, n_rows - 1
+            a0, a1, a2, a3 = dot4(fmt, w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[last], xq, xd, xs)
+            y[r] = a0
+            if tail > 1:
+                y[r + 1] = a1
+            if tail > 2:
+                y[r + 2] = a2
