@@ -30,11 +30,11 @@ import numpy as np
 
 from ..jit import FASTMATH, HAVE_NUMBA, njit, prange
 from .activations import quantize_q8_0, quantize_q8_1, quantize_q8_K
-from .kquants import scale_min_at
 
 if HAVE_NUMBA:     # without numba these kernels are never called (linear() uses the numpy oracle)
-    from .simd import (bytes32, dot, dot_signed, f16_at, fma, hsum, madd, nibbles16, nibbles_hi,
-                       nibbles_lo, with_2bits, with_bit4, zeros_f32x8, zeros_i32x8)
+    from .simd import (bytes32, dot, dot_scales16, dot_signed, f16_at, fma, hsum, hsum_i32, lane,
+                       load_i32x8, madd, mul, nibbles16, nibbles_hi, nibbles_lo, q4_K_scales, scale_pair,
+                       with_2bits, with_bit4, zeros_f32x8, zeros_i32x8)
 
 
 # Q8_0 block (34 bytes): d f16 | q[32] int8                          w = d q
@@ -111,39 +111,37 @@ def dot4_q4_1(w0, w1, w2, w3, xq, xd, xs):
 
 
 # Q4_K super-block (144 bytes, 256 weights): d f16 | dmin f16 | scales[12] | qs[128]
-#   8 sub-blocks of 32, six-bit scale sc_j and min m_j (kquants.scale_min_at);
+#   8 sub-blocks of 32, six-bit scale sc_j and min m_j (simd.q4_K_scales);
 #   qs[32p + l]: low nibble = weight 64p + l (sub-block 2p), high = 64p + 32 + l (2p+1)
 #                                                     w = d sc_j q - dmin m_j
-# Q8_K activations: one float d_x per 256, bs[k] = sum of q_x over weights 16k..16k+15.
-#   y = d_w d_x sum_j sc_j (q_j . q_x)  -  dmin_w d_x sum_j m_j (bs[2j] + bs[2j+1])
+# Q8_K activations: one float d_x per 256, bs32[j] = sum of q_x over sub-block j.
+#   y = d_w d_x sum_j sc_j (q_j . q_x)  -  dmin_w d_x sum_j m_j bs32[j]
 @njit(inline="always")
-def _q4_K_row(acc, w, o, B, xq, xd, bs):
+def _q4_K_row(acc, w, o, B, xq, xd, bs32):
+    sc, m = q4_K_scales(w, o + 4)
     isum = zeros_i32x8()
-    mins = np.float32(0.0)
     for p in range(4):
-        q, xo, k = o + 16 + 32 * p, 256 * B + 64 * p, 16 * B + 4 * p
-        sc0, m0 = scale_min_at(w, o + 4, 2 * p)
-        sc1, m1 = scale_min_at(w, o + 4, 2 * p + 1)
-        isum = madd(isum, dot(nibbles_lo(w, q), xq, xo), sc0, sc0)
-        isum = madd(isum, dot(nibbles_hi(w, q), xq, xo + 32), sc1, sc1)
-        mins += m0 * (bs[k] + bs[k + 1]) + m1 * (bs[k + 2] + bs[k + 3])
+        q, xo = o + 16 + 32 * p, 256 * B + 64 * p
+        isum = madd(isum, dot(nibbles_lo(w, q), xq, xo), lane(sc, 2 * p))
+        isum = madd(isum, dot(nibbles_hi(w, q), xq, xo + 32), lane(sc, 2 * p + 1))
+    mins = hsum_i32(mul(m, load_i32x8(bs32, 8 * B)))
     d = xd[B]
     return fma(acc, isum, f16_at(w, o) * d), f16_at(w, o + 2) * d * np.float32(mins)
 
 
 @njit(fastmath=FASTMATH, inline="never")
-def dot4_q4_K(w0, w1, w2, w3, xq, xd, bs):
+def dot4_q4_K(w0, w1, w2, w3, xq, xd, bs32):
     a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
     c0 = c1 = c2 = c3 = np.float32(0.0)
     for B in range(xd.shape[0]):
         o = 144 * B
-        a0, m = _q4_K_row(a0, w0, o, B, xq, xd, bs)
+        a0, m = _q4_K_row(a0, w0, o, B, xq, xd, bs32)
         c0 += m
-        a1, m = _q4_K_row(a1, w1, o, B, xq, xd, bs)
+        a1, m = _q4_K_row(a1, w1, o, B, xq, xd, bs32)
         c1 += m
-        a2, m = _q4_K_row(a2, w2, o, B, xq, xd, bs)
+        a2, m = _q4_K_row(a2, w2, o, B, xq, xd, bs32)
         c2 += m
-        a3, m = _q4_K_row(a3, w3, o, B, xq, xd, bs)
+        a3, m = _q4_K_row(a3, w3, o, B, xq, xd, bs32)
         c3 += m
     return hsum(a0) - c0, hsum(a1) - c1, hsum(a2) - c2, hsum(a3) - c3
 
@@ -153,50 +151,41 @@ def dot4_q4_K(w0, w1, w2, w3, xq, xd, bs):
 #     weight 128h + l      = (a & 15) | (c & 3) << 4        weight 128h + 64 + l = a >> 4 | (c >> 4 & 3) << 4
 #     weight 128h + 32 + l = (b & 15) | (c >> 2 & 3) << 4   weight 128h + 96 + l = b >> 4 | (c >> 6 & 3) << 4
 #   codes are stored +32; sub-block j = 16 weights, scale sc_j (int8)          w = d sc_j (q - 32)
-#   y = d_w d_x (sum_j sc_j (q_j . q_x)  -  32 sum_j sc_j bs[j])
+#   y = d_w d_x (sum_j sc_j (q_j . q_x)  -  32 sum_j sc_j bs16[j])      bs16: sums of q_x per 16
 @njit(inline="always")
-def _i8(w, k):
-    return np.int64(np.int8(w[k]))
-
-
-@njit(inline="always")
-def _q6_K_row(acc, w, o, B, xq, xd, bs):
+def _q6_K_row(acc, w, o, B, xq, xd, bs16):
     isum = zeros_i32x8()
-    bias = np.float32(0.0)
     for h in range(2):
         ql, qh, xo, sc = o + 64 * h, o + 128 + 32 * h, 256 * B + 128 * h, o + 192 + 8 * h
         # each dot covers two sub-blocks: lanes 0..3 the first 16 weights, 4..7 the next
-        isum = madd(isum, dot(with_2bits(nibbles_lo(w, ql), w, qh, 0), xq, xo), _i8(w, sc), _i8(w, sc + 1))
-        isum = madd(isum, dot(with_2bits(nibbles_lo(w, ql + 32), w, qh, 2), xq, xo + 32),
-                    _i8(w, sc + 2), _i8(w, sc + 3))
-        isum = madd(isum, dot(with_2bits(nibbles_hi(w, ql), w, qh, 4), xq, xo + 64), _i8(w, sc + 4), _i8(w, sc + 5))
-        isum = madd(isum, dot(with_2bits(nibbles_hi(w, ql + 32), w, qh, 6), xq, xo + 96),
-                    _i8(w, sc + 6), _i8(w, sc + 7))
-        for j in range(8):
-            bias += _i8(w, sc + j) * bs[16 * B + 8 * h + j]
+        isum = madd(isum, dot(with_2bits(nibbles_lo(w, ql), w, qh, 0), xq, xo), scale_pair(w, sc))
+        isum = madd(isum, dot(with_2bits(nibbles_lo(w, ql + 32), w, qh, 2), xq, xo + 32), scale_pair(w, sc + 2))
+        isum = madd(isum, dot(with_2bits(nibbles_hi(w, ql), w, qh, 4), xq, xo + 64), scale_pair(w, sc + 4))
+        isum = madd(isum, dot(with_2bits(nibbles_hi(w, ql + 32), w, qh, 6), xq, xo + 96), scale_pair(w, sc + 6))
+    bias = dot_scales16(w, o + 192, bs16, 16 * B)
     d = f16_at(w, o + 208) * xd[B]
     return fma(acc, isum, d), d * np.float32(32 * bias)
 
 
 @njit(fastmath=FASTMATH, inline="never")
-def dot4_q6_K(w0, w1, w2, w3, xq, xd, bs):
+def dot4_q6_K(w0, w1, w2, w3, xq, xd, bs16):
     a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
     c0 = c1 = c2 = c3 = np.float32(0.0)
     for B in range(xd.shape[0]):
         o = 210 * B
-        a0, m = _q6_K_row(a0, w0, o, B, xq, xd, bs)
+        a0, m = _q6_K_row(a0, w0, o, B, xq, xd, bs16)
         c0 += m
-        a1, m = _q6_K_row(a1, w1, o, B, xq, xd, bs)
+        a1, m = _q6_K_row(a1, w1, o, B, xq, xd, bs16)
         c1 += m
-        a2, m = _q6_K_row(a2, w2, o, B, xq, xd, bs)
+        a2, m = _q6_K_row(a2, w2, o, B, xq, xd, bs16)
         c2 += m
-        a3, m = _q6_K_row(a3, w3, o, B, xq, xd, bs)
+        a3, m = _q6_K_row(a3, w3, o, B, xq, xd, bs16)
         c3 += m
     return hsum(a0) - c0, hsum(a1) - c1, hsum(a2) - c2, hsum(a3) - c3
 
 
 @njit
-def dot4(fmt, w0, w1, w2, w3, xq, xd, xs):
+def dot4(fmt, w0, w1, w2, w3, xq, xd, xs, bs16, bs32):
     if fmt == 8:
         return dot4_q8_0(w0, w1, w2, w3, xq, xd, xs)
     if fmt == 2:
@@ -206,8 +195,8 @@ def dot4(fmt, w0, w1, w2, w3, xq, xd, xs):
     if fmt == 3:
         return dot4_q4_1(w0, w1, w2, w3, xq, xd, xs)
     if fmt == 12:
-        return dot4_q4_K(w0, w1, w2, w3, xq, xd, xs)
-    return dot4_q6_K(w0, w1, w2, w3, xq, xd, xs)
+        return dot4_q4_K(w0, w1, w2, w3, xq, xd, bs32)
+    return dot4_q6_K(w0, w1, w2, w3, xq, xd, bs16)
 
 
 TYPES = (8, 2, 6, 3, 12, 14)   # ggml type ids: Q8_0, Q4_0, Q5_0, Q4_1, Q4_K, Q6_K
@@ -215,14 +204,21 @@ TYPES = (8, 2, 6, 3, 12, 14)   # ggml type ids: Q8_0, Q4_0, Q5_0, Q4_1, Q4_K, Q6
 
 @njit
 def quantize_x(fmt, x):
-    """x rounded as llama.cpp's vec_dot type for fmt: xq int8 (n,), scales xd and per-block
-    terms xs (Q8_0: d sum(q) per 32;  Q8_1: f16(d sum(q)) per 32;  Q8_K: sums per 16)"""
+    """x rounded as llama.cpp's vec_dot type for fmt: xq int8 (n,), scales xd, and the sums
+    of q_x the kernels fold biases and mins in with: xs (Q8_0: d sum(q) per 32; Q8_1:
+    f16(d sum(q)) per 32), bs16 / bs32 (Q8_K: integer sums per 16 / per 32)"""
     n = x.shape[0]
     qf = np.empty(n, np.float32)
-    if fmt == 12 or fmt == 14:                      # Q8_K
+    k_quant = fmt == 12 or fmt == 14
+    bs16 = np.zeros(n // 16 if k_quant else 0, np.int32)
+    bs32 = np.zeros(n // 32 if k_quant else 0, np.int32)
+    if k_quant:                                     # Q8_K
         xd = np.empty(n // 256, np.float32)
         xs = np.empty(n // 16, np.float32)
         quantize_q8_K(x, qf, xd, xs)
+        for j in range(n // 16):
+            bs16[j] = np.int32(xs[j])
+            bs32[j // 2] += np.int32(xs[j])
     else:
         xd = np.empty(n // 32, np.float32)
         xs = np.empty(n // 32, np.float32)
@@ -238,24 +234,24 @@ def quantize_x(fmt, x):
     xq = np.empty(n, np.int8)
     for k in range(n):
         xq[k] = np.int8(qf[k])
-    return xq, xd, xs
+    return xq, xd, xs, bs16, bs32
 
 
 @njit(parallel=True)
 def matvec(w, x, y, fmt, lut):
     """y (R,) = W (R, row_bytes) . x (n,), W in one of TYPES, x rounded to 8 bits first.
     (lut is unused: the same signature as decode.matvec.)"""
-    xq, xd, xs = quantize_x(fmt, x)
+    xq, xd, xs, bs16, bs32 = quantize_x(fmt, x)
     n_rows = w.shape[0]
     Q = n_rows // 4                    # rows [0, 4Q) in four strided streams (decode.matvec)
     tail = n_rows - 4 * Q
     for g in prange(Q + (tail > 0)):
         if g < Q:
-            a0, a1, a2, a3 = dot4(fmt, w[g], w[g + Q], w[g + 2 * Q], w[g + 3 * Q], xq, xd, xs)
+            a0, a1, a2, a3 = dot4(fmt, w[g], w[g + Q], w[g + 2 * Q], w[g + 3 * Q], xq, xd, xs, bs16, bs32)
             y[g], y[g + Q], y[g + 2 * Q], y[g + 3 * Q] = a0, a1, a2, a3
         else:
             r, last = 4 * Q, n_rows - 1
-            a0, a1, a2, a3 = dot4(fmt, w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[last], xq, xd, xs)
+            a0, a1, a2, a3 = dot4(fmt, w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[last], xq, xd, xs, bs16, bs32)
             y[r] = a0
             if tail > 1:
                 y[r + 1] = a1

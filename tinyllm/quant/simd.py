@@ -189,15 +189,81 @@ if jit.HAVE_NUMBA:
         return f32x8(), codegen
 
     @intrinsic
-    def madd(typingctx, acc, v, s_lo, s_hi):
-        """acc + v * (s_lo in lanes 0..3, s_hi in lanes 4..7): integer sub-block scales,
-        one per 16 weights (Q6_K) or the same twice per 32 (Q4_K)"""
+    def madd(typingctx, acc, v, s):
+        """acc + v * s, lane by lane (integer sub-block scales)"""
         def codegen(context, builder, sig, args):
-            lo = _splat(builder, builder.trunc(args[2], I32), 8)
-            hi = _splat(builder, builder.trunc(args[3], I32), 8)
-            s = builder.shuffle_vector(lo, hi, ir.Constant(_v(I32, 8), [0, 1, 2, 3, 12, 13, 14, 15]))
-            return builder.add(args[0], builder.mul(args[1], s))
-        return i32x8(acc, v, types.intp, types.intp), codegen
+            return builder.add(args[0], builder.mul(args[1], args[2]))
+        return i32x8(acc, v, i32x8), codegen
+
+    @intrinsic
+    def mul(typingctx, a, b):
+        """a * b, lane by lane"""
+        def codegen(context, builder, sig, args):
+            return builder.mul(args[0], args[1])
+        return i32x8(i32x8, i32x8), codegen
+
+    @intrinsic
+    def lane(typingctx, v, j):
+        """lane j of v in all 8 lanes (j a constant once inlined)"""
+        def codegen(context, builder, sig, args):
+            return _splat(builder, builder.extract_element(args[0], builder.trunc(args[1], I32)), 8)
+        return i32x8(v, types.intp), codegen
+
+    @intrinsic
+    def scale_pair(typingctx, w, o):
+        """the int8 scales w[o], w[o+1] as lanes 0..3 and 4..7 (Q6_K: one per 16 weights)"""
+        def codegen(context, builder, sig, args):
+            two = builder.sext(_load(context, builder, sig.args[0], args[0], args[1], _v(I8, 2)), _v(I32, 2))
+            return builder.shuffle_vector(two, two, ir.Constant(_v(I32, 8), [0, 0, 0, 0, 1, 1, 1, 1]))
+        return i32x8(w, types.intp), codegen
+
+    @intrinsic
+    def q4_K_scales(typingctx, w, o):
+        """the eight 6-bit (scale, min) pairs packed in the 12 bytes b = w[o : o+12] (Q4_K/Q5_K):
+             j < 4:  sc_j = b[j] & 63                        m_j = b[j+4] & 63
+             j >= 4: sc_j = b[j+4] & 15 | (b[j-4] >> 6) << 4  m_j = b[j+4] >> 4 | (b[j] >> 6) << 4
+        as two i32x8 (lane j), built with byte shuffles.  Reads 16 bytes (the block continues)."""
+        def codegen(context, builder, sig, args):
+            b = _load(context, builder, sig.args[0], args[0], args[1], _v(I8, 16))
+
+            def pick(idx):
+                return builder.shuffle_vector(b, b, ir.Constant(_v(I32, 8), idx))
+
+            def c8(v):
+                return ir.Constant(_v(I8, 8), [v] * 8)
+            first = ir.Constant(_v(ir.IntType(1), 8), [1, 1, 1, 1, 0, 0, 0, 0])
+            lo, lo4, lo_m4, lo_0 = (pick([0, 1, 2, 3, 8, 9, 10, 11]), pick([4, 5, 6, 7, 8, 9, 10, 11]),
+                                    pick([0, 1, 2, 3, 0, 1, 2, 3]), pick([4, 5, 6, 7, 4, 5, 6, 7]))
+            top2_sc = builder.shl(builder.lshr(lo_m4, c8(6)), c8(4))
+            top2_m = builder.shl(builder.lshr(lo_0, c8(6)), c8(4))
+            sc = builder.select(first, builder.and_(lo, c8(63)), builder.or_(builder.and_(lo, c8(15)), top2_sc))
+            m = builder.select(first, builder.and_(lo4, c8(63)), builder.or_(builder.lshr(lo4, c8(4)), top2_m))
+            return cgutils.make_anonymous_struct(builder, [builder.zext(sc, i32x8.lltype),
+                                                           builder.zext(m, i32x8.lltype)])
+        return types.UniTuple(i32x8, 2)(w, types.intp), codegen
+
+    @intrinsic
+    def load_i32x8(typingctx, a, k):
+        """a[k : k+8] of an int32 array"""
+        def codegen(context, builder, sig, args):
+            return _load(context, builder, sig.args[0], args[0], args[1], i32x8.lltype)
+        return i32x8(a, types.intp), codegen
+
+    @intrinsic
+    def dot_scales16(typingctx, w, o, bs, k):
+        """sum_j int8(w[o + j]) * bs[k + j], j < 16: Q6_K's 16 scales against x's sums per 16"""
+        def codegen(context, builder, sig, args):
+            sc = builder.sext(_load(context, builder, sig.args[0], args[0], args[1], _v(I8, 16)), _v(I32, 16))
+            b = _load(context, builder, sig.args[2], args[2], args[3], _v(I32, 16))
+            return _call(builder, "llvm.vector.reduce.add.v16i32", I32, [builder.mul(sc, b)])
+        return types.int32(w, types.intp, bs, types.intp), codegen
+
+    @intrinsic
+    def hsum_i32(typingctx, v):
+        """the sum of the 8 int32 lanes"""
+        def codegen(context, builder, sig, args):
+            return _call(builder, "llvm.vector.reduce.add.v8i32", I32, [args[0]])
+        return types.int32(v), codegen
 
     @intrinsic
     def fma(typingctx, acc, v, s):
