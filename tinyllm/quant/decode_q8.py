@@ -32,7 +32,7 @@ from ..jit import FASTMATH, HAVE_NUMBA, njit, prange
 from .activations import quantize_q8_0, quantize_q8_1, quantize_q8_K
 
 if HAVE_NUMBA:     # without numba these kernels are never called (linear() uses the numpy oracle)
-    from .simd import (bytes32, dot, dot_scales16, dot_signed, f16_at, fma, hsum, hsum_i32, lane,
+    from .simd import (bytes32, dot, dot_acc, dot_scaled, dot_scales16, dot_signed, f16_at, f16_splat, fma, fmul, splat, hsum, hsum_i32, lane,
                        load_i32x8, madd, mul, nibbles16, nibbles_hi, nibbles_lo, q4_K_scales, scale_pair,
                        with_2bits, with_bit4, zeros_f32x8, zeros_i32x8)
 
@@ -54,41 +54,35 @@ def dot4_q8_0(w0, w1, w2, w3, xq, xd, xs):
 #                                                                     w = d (q - 8)
 # Q5_0 block (22 bytes): d f16 | qh u32: bit k = 5th bit of code k | qs[16] as Q4_0
 #                                                                     w = d (q - 16)
-# xs[b] = d_x sum(q_x) over block b: the bias term is -c d_w xs[b].
+# The bias c = 8 or 16 enters as the integer dot product's starting value: xi holds
+# -c (q_x[4i] + .. + q_x[4i+3]) for each of its lanes, the same for every row.
 @njit(fastmath=FASTMATH, inline="never")
-def dot4_q4_0(w0, w1, w2, w3, xq, xd, xs):
-    return _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xs, False)
+def dot4_q4_0(w0, w1, w2, w3, xq, xd, xi, lut):
+    return _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xi, lut, False)
 
 
 @njit(fastmath=FASTMATH, inline="never")
-def dot4_q5_0(w0, w1, w2, w3, xq, xd, xs):
-    return _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xs, True)
+def dot4_q5_0(w0, w1, w2, w3, xq, xd, xi, lut):
+    return _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xi, lut, True)
 
 
 @njit(fastmath=FASTMATH, inline="always")      # inlined: five_bits becomes a constant
-def _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xs, five_bits):
+def _dot4_q4_0_q5_0(w0, w1, w2, w3, xq, xd, xi, lut, five_bits):
     a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
-    c0 = c1 = c2 = c3 = np.float32(0.0)
     size, qs = (22, 6) if five_bits else (18, 2)
     for b in range(xd.shape[0]):
-        o, xo, d = size * b, 32 * b, xd[b]
+        o, xo, d = size * b, 32 * b, splat(xd[b])
         if five_bits:
             q0, q1 = with_bit4(nibbles16(w0, o + qs), w0, o + 2), with_bit4(nibbles16(w1, o + qs), w1, o + 2)
             q2, q3 = with_bit4(nibbles16(w2, o + qs), w2, o + 2), with_bit4(nibbles16(w3, o + qs), w3, o + 2)
         else:
             q0, q1, q2, q3 = nibbles16(w0, o + qs), nibbles16(w1, o + qs), nibbles16(w2, o + qs), nibbles16(w3, o + qs)
-        d0, d1, d2, d3 = f16_at(w0, o), f16_at(w1, o), f16_at(w2, o), f16_at(w3, o)
-        a0 = fma(a0, dot(q0, xq, xo), d0 * d)
-        a1 = fma(a1, dot(q1, xq, xo), d1 * d)
-        a2 = fma(a2, dot(q2, xq, xo), d2 * d)
-        a3 = fma(a3, dot(q3, xq, xo), d3 * d)
-        s = xs[b]
-        c0 += d0 * s
-        c1 += d1 * s
-        c2 += d2 * s
-        c3 += d3 * s
-    c = np.float32(16.0) if five_bits else np.float32(8.0)
-    return hsum(a0) - c * c0, hsum(a1) - c * c1, hsum(a2) - c * c2, hsum(a3) - c * c3
+        bias = load_i32x8(xi, 8 * b)
+        a0 = fma(a0, dot_acc(bias, q0, xq, xo), fmul(f16_splat(w0, o, lut), d))
+        a1 = fma(a1, dot_acc(bias, q1, xq, xo), fmul(f16_splat(w1, o, lut), d))
+        a2 = fma(a2, dot_acc(bias, q2, xq, xo), fmul(f16_splat(w2, o, lut), d))
+        a3 = fma(a3, dot_acc(bias, q3, xq, xo), fmul(f16_splat(w3, o, lut), d))
+    return hsum(a0), hsum(a1), hsum(a2), hsum(a3)
 
 
 # Q4_1 block (20 bytes): d f16 | m f16 | qs[16] as Q4_0                 w = d q + m
@@ -122,8 +116,8 @@ def _q4_K_row(acc, w, o, B, xq, xd, bs32):
     isum = zeros_i32x8()
     for p in range(4):
         q, xo = o + 16 + 32 * p, 256 * B + 64 * p
-        isum = madd(isum, dot(nibbles_lo(w, q), xq, xo), lane(sc, 2 * p))
-        isum = madd(isum, dot(nibbles_hi(w, q), xq, xo + 32), lane(sc, 2 * p + 1))
+        isum = dot_scaled(isum, nibbles_lo(w, q), xq, xo, lane(sc, 2 * p))
+        isum = dot_scaled(isum, nibbles_hi(w, q), xq, xo + 32, lane(sc, 2 * p + 1))
     mins = hsum_i32(mul(m, load_i32x8(bs32, 8 * B)))
     d = xd[B]
     return fma(acc, isum, f16_at(w, o) * d), f16_at(w, o + 2) * d * np.float32(mins)
@@ -158,10 +152,10 @@ def _q6_K_row(acc, w, o, B, xq, xd, bs16):
     for h in range(2):
         ql, qh, xo, sc = o + 64 * h, o + 128 + 32 * h, 256 * B + 128 * h, o + 192 + 8 * h
         # each dot covers two sub-blocks: lanes 0..3 the first 16 weights, 4..7 the next
-        isum = madd(isum, dot(with_2bits(nibbles_lo(w, ql), w, qh, 0), xq, xo), scale_pair(w, sc))
-        isum = madd(isum, dot(with_2bits(nibbles_lo(w, ql + 32), w, qh, 2), xq, xo + 32), scale_pair(w, sc + 2))
-        isum = madd(isum, dot(with_2bits(nibbles_hi(w, ql), w, qh, 4), xq, xo + 64), scale_pair(w, sc + 4))
-        isum = madd(isum, dot(with_2bits(nibbles_hi(w, ql + 32), w, qh, 6), xq, xo + 96), scale_pair(w, sc + 6))
+        isum = dot_scaled(isum, with_2bits(nibbles_lo(w, ql), w, qh, 0), xq, xo, scale_pair(w, sc))
+        isum = dot_scaled(isum, with_2bits(nibbles_lo(w, ql + 32), w, qh, 2), xq, xo + 32, scale_pair(w, sc + 2))
+        isum = dot_scaled(isum, with_2bits(nibbles_hi(w, ql), w, qh, 4), xq, xo + 64, scale_pair(w, sc + 4))
+        isum = dot_scaled(isum, with_2bits(nibbles_hi(w, ql + 32), w, qh, 6), xq, xo + 96, scale_pair(w, sc + 6))
     bias = dot_scales16(w, o + 192, bs16, 16 * B)
     d = f16_at(w, o + 208) * xd[B]
     return fma(acc, isum, d), d * np.float32(32 * bias)
@@ -185,18 +179,18 @@ def dot4_q6_K(w0, w1, w2, w3, xq, xd, bs16):
 
 
 @njit
-def dot4(fmt, w0, w1, w2, w3, xq, xd, xs, bs16, bs32):
+def dot4(fmt, w0, w1, w2, w3, xq, xd, xs, xi, lut):
     if fmt == 8:
         return dot4_q8_0(w0, w1, w2, w3, xq, xd, xs)
     if fmt == 2:
-        return dot4_q4_0(w0, w1, w2, w3, xq, xd, xs)
+        return dot4_q4_0(w0, w1, w2, w3, xq, xd, xi, lut)
     if fmt == 6:
-        return dot4_q5_0(w0, w1, w2, w3, xq, xd, xs)
+        return dot4_q5_0(w0, w1, w2, w3, xq, xd, xi, lut)
     if fmt == 3:
         return dot4_q4_1(w0, w1, w2, w3, xq, xd, xs)
     if fmt == 12:
-        return dot4_q4_K(w0, w1, w2, w3, xq, xd, bs32)
-    return dot4_q6_K(w0, w1, w2, w3, xq, xd, bs16)
+        return dot4_q4_K(w0, w1, w2, w3, xq, xd, xi)
+    return dot4_q6_K(w0, w1, w2, w3, xq, xd, xi)
 
 
 TYPES = (8, 2, 6, 3, 12, 14)   # ggml type ids: Q8_0, Q4_0, Q5_0, Q4_1, Q4_K, Q6_K
@@ -205,20 +199,18 @@ TYPES = (8, 2, 6, 3, 12, 14)   # ggml type ids: Q8_0, Q4_0, Q5_0, Q4_1, Q4_K, Q6
 @njit
 def quantize_x(fmt, x):
     """x rounded as llama.cpp's vec_dot type for fmt: xq int8 (n,), scales xd, and the sums
-    of q_x the kernels fold biases and mins in with: xs (Q8_0: d sum(q) per 32; Q8_1:
-    f16(d sum(q)) per 32), bs16 / bs32 (Q8_K: integer sums per 16 / per 32)"""
+    of q_x that fold in biases and mins: xs (Q4_1's Q8_1: f16(d sum(q)) per 32) or xi
+    (integers: Q4_0/Q5_0 -c x sums per 4, Q4_K sums per 32, Q6_K sums per 16)"""
     n = x.shape[0]
     qf = np.empty(n, np.float32)
-    k_quant = fmt == 12 or fmt == 14
-    bs16 = np.zeros(n // 16 if k_quant else 0, np.int32)
-    bs32 = np.zeros(n // 32 if k_quant else 0, np.int32)
-    if k_quant:                                     # Q8_K
+    if fmt == 12 or fmt == 14:                      # Q8_K
         xd = np.empty(n // 256, np.float32)
         xs = np.empty(n // 16, np.float32)
         quantize_q8_K(x, qf, xd, xs)
+        per = 32 if fmt == 12 else 16
+        xi = np.zeros(n // per, np.int32)
         for j in range(n // 16):
-            bs16[j] = np.int32(xs[j])
-            bs32[j // 2] += np.int32(xs[j])
+            xi[j * 16 // per] += np.int32(xs[j])
     else:
         xd = np.empty(n // 32, np.float32)
         xs = np.empty(n // 32, np.float32)
@@ -226,32 +218,31 @@ def quantize_x(fmt, x):
             quantize_q8_1(x, qf, xd, xs)
         else:                                       # Q8_0
             quantize_q8_0(x, qf, xd)
-            for b in range(n // 32):
-                total = np.float32(0.0)
-                for k in range(32 * b, 32 * b + 32):
-                    total += qf[k]
-                xs[b] = xd[b] * total
+        c = 8 if fmt == 2 else 16 if fmt == 6 else 0
+        xi = np.zeros(n // 4 if c else 0, np.int32)
+        for i in range(xi.shape[0]):
+            xi[i] = -c * np.int32(qf[4 * i] + qf[4 * i + 1] + qf[4 * i + 2] + qf[4 * i + 3])
     xq = np.empty(n, np.int8)
     for k in range(n):
         xq[k] = np.int8(qf[k])
-    return xq, xd, xs, bs16, bs32
+    return xq, xd, xs, xi
 
 
 @njit(parallel=True)
 def matvec(w, x, y, fmt, lut):
     """y (R,) = W (R, row_bytes) . x (n,), W in one of TYPES, x rounded to 8 bits first.
-    (lut is unused: the same signature as decode.matvec.)"""
-    xq, xd, xs, bs16, bs32 = quantize_x(fmt, x)
+    lut: f16 -> f32 for every bit pattern (simd.f16_splat)."""
+    xq, xd, xs, xi = quantize_x(fmt, x)
     n_rows = w.shape[0]
     Q = n_rows // 4                    # rows [0, 4Q) in four strided streams (decode.matvec)
     tail = n_rows - 4 * Q
     for g in prange(Q + (tail > 0)):
         if g < Q:
-            a0, a1, a2, a3 = dot4(fmt, w[g], w[g + Q], w[g + 2 * Q], w[g + 3 * Q], xq, xd, xs, bs16, bs32)
+            a0, a1, a2, a3 = dot4(fmt, w[g], w[g + Q], w[g + 2 * Q], w[g + 3 * Q], xq, xd, xs, xi, lut)
             y[g], y[g + Q], y[g + 2 * Q], y[g + 3 * Q] = a0, a1, a2, a3
         else:
             r, last = 4 * Q, n_rows - 1
-            a0, a1, a2, a3 = dot4(fmt, w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[last], xq, xd, xs, bs16, bs32)
+            a0, a1, a2, a3 = dot4(fmt, w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[last], xq, xd, xs, xi, lut)
             y[r] = a0
             if tail > 1:
                 y[r + 1] = a1
