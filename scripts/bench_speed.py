@@ -15,6 +15,12 @@ and the ratios tinyllm / llama.cpp are printed (higher is better for tinyllm).
 --types (one row per type), built on first use by scripts/make_bench_1b.py into
 models/bench/ (F16 ~1.8 GB + the quantized files; needs llama-cpp-python).
 --n-layer / --n-embd shrink it for a quick check of the script.
+
+--llama-no-repack runs llama.cpp as `--no-repack` does. By default llama.cpp on x86
+(AVX2 and up) copies Q4_0, Q4_K and IQ4_NL weights at load into a layout that
+interleaves 8 rows (its CPU_REPACK buffers: anonymous memory, hence its larger RSS
+on those files); tinyllm, like llama.cpp with --no-repack, reads the file's layout
+in place.
 """
 
 from __future__ import annotations
@@ -37,6 +43,14 @@ import numpy as np
 import llama_cpp
 from llama_cpp import Llama
 path, threads, n_p, n_g, n_ctx = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if sys.argv[6] == "1":      # llama.cpp's --no-repack: weights stay in the file map, as tinyllm's do
+    import llama_cpp.llama_cpp as C
+    _default = C.llama_model_default_params
+    def _no_repack():
+        p = _default()
+        p.use_extra_bufts = False
+        return p
+    C.llama_model_default_params = _no_repack
 llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
             n_batch=max(n_p, 8), verbose=False)
 rng = np.random.default_rng(0)
@@ -86,6 +100,8 @@ def main():
     ap.add_argument("--types", default=",".join(make_bench_1b.TYPES), help="with --synthetic-1b")
     ap.add_argument("--n-layer", type=int, default=16, help="with --synthetic-1b")
     ap.add_argument("--n-embd", type=int, default=2048, help="with --synthetic-1b")
+    ap.add_argument("--llama-no-repack", action="store_true",
+                    help="llama.cpp without its load-time weight repacking (see above)")
     a = ap.parse_args()
     llama_py = a.llama_python
 
@@ -103,7 +119,7 @@ def main():
                                   "--threads", str(a.threads), "--ctx", str(a.ctx), "--json"]))
             if llama_py:
                 ref.append(run_json([llama_py, "-c", LLAMA_BENCH, path, str(a.threads), str(a.p), str(a.n),
-                                     str(a.ctx)]))
+                                     str(a.ctx), "1" if a.llama_no_repack else "0"]))
         row = {"model": name, "threads": a.threads,
                "tinyllm_pp": best(ours, "pp_tok_s"), "tinyllm_tg": best(ours, "tg_tok_s"),
                "tinyllm_rss": min(r["peak_rss_mib"] for r in ours)}
