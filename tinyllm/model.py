@@ -229,9 +229,10 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
 
         # ---- attention: x += Wo . attention(rope(Wq h), rope(Wk h), Wv h),  h = norm(x)
         h = rms_norm(x, L.attn_norm, cfg.norm_eps)                     # [T, E]
-        q = linear(h, L.wq, decode=dec)                                            # [T, H*D]
-        k = linear(h, L.wk, decode=dec)                                            # [T, Hkv*D]
-        v = linear(h, L.wv, decode=dec)                                            # [T, Hkv*Dv]
+        q = linear(h, L.wq, decode=dec)                                # [T, H*D]
+        k = linear(h, L.wk, decode=dec)                                # [T, Hkv*D]
+        v = linear(h, L.wv, decode=dec)                                # [T, Hkv*Dv]
+        del h                                   # freed before attention allocates: a lower peak
         if L.bq is not None:
             q, k, v = q + L.bq, k + L.bk, v + L.bv
         q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, cfg.head_dim_v)
@@ -253,8 +254,8 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         f = np.empty_like(x)                                           # [T, E]
         for t0 in range(0, T, FFN_TOKENS):        # [T, F] is a prefill's largest scratch: a slice at a time
             hs = h[t0:t0 + FFN_TOKENS]
-            gate = linear(hs, L.w_gate, decode=dec)                                # [t, F]
-            up = linear(hs, L.w_up, decode=dec)                                    # [t, F]
+            gate = linear(hs, L.w_gate, decode=dec)                    # [t, F]
+            up = linear(hs, L.w_up, decode=dec)                        # [t, F]
             act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
             del gate
             act *= up                                                  # [t, F], in place

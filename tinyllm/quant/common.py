@@ -104,7 +104,7 @@ class QuantFormat:
         ks = []
         if ROUND_IN_DECODE and self.ggml_type in decode_q8.TYPES:
             ks.append(decode_q8.matvec)
-        if not ROUND_LIKE_LLAMA_CPP and self.ggml_type in decode.FUSED_TYPES:
+        if not ROUND_IN_DECODE and not ROUND_LIKE_LLAMA_CPP and self.ggml_type in decode.FUSED_TYPES:
             ks.append(decode.matvec)
         return ks
 
