@@ -1,4 +1,6 @@
-"""Decode (one token) matvecs that never write the dequantized weights anywhere.
+"""Decode (one token) matvecs that never write the dequantized weights anywhere, with
+activations as they are (float32): the decode path of TINYLLM_ACTIVATIONS=exact.  The
+default decode path, with llama.cpp's 8-bit activations, is decode_q8.py.
 
 In decode every weight byte is used once, so the matvec is a race against memory
 bandwidth; unpacking rows into a float buffer first (kernels.linear_blocks, the

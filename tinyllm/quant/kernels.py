@@ -20,7 +20,8 @@ x itself; the Q8_1 term keeps llama.cpp's f16 s, which is *not* float noise.  In
 the dot is one long loop of fused multiply-adds with no per-block horizontal sums, the
 same for all formats.  In prefill each unpacked tile serves all T tokens, so the weights
 are read from memory once per matmul.  Decode (T = 1) of Q8_0, Q4_0, Q4_1, Q5_0, Q4_K and
-Q6_K takes decode.py instead, which skips the unpacking; the other formats decode here.
+Q6_K takes decode_q8.py instead (decode.py with TINYLLM_ACTIVATIONS=exact), which skips
+the unpacking; the other formats decode here.
 
 How it is shaped for numba/LLVM (checked with inspect_asm, see scripts/bench_kernels.py):
   * dot_tile accumulates in scalars, which LLVM vectorizes as a reduction held in SIMD

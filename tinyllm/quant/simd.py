@@ -7,8 +7,8 @@ multiply-add instruction (AVX2 vpmaddubsw + vpmaddwd, AVX-512 VNNI vpdpbusd), th
 per-block sums kept as 8 int32 lanes, scaled and accumulated into 8 float lanes that
 live in a register across the whole row.  Plain numba cannot say that: it types
 integer products as int64, and LLVM vectorizes the wrong loop once accumulators
-outlive a block.  Measured on one Zen 4 core, Q4_0 out of cache: 6.6 GB/s as plain
-numba (decode.py), 15.8 GB/s with these intrinsics on AVX2, 17.8 with VNNI.
+outlive a block.  Measured on one Zen 4 core, Q4_0 out of cache: 6.5 GB/s as plain
+numba (decode.py), 14.5 GB/s with these intrinsics (decode_q8.py); Q6_K 4.6 -> 19.
 
 Each function below is a few LLVM instructions emitted straight into the calling
 kernel; the vector values never touch memory.  The types:
