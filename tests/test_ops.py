@@ -27,3 +27,22 @@ def test_rope_matches_numpy(neox, rot_dim):
     got, ref = ops.rope(x, cos, sin, neox), ops.rope_np(x, cos, sin, neox)
     np.testing.assert_array_equal(got, ref)
     assert not np.array_equal(got, x)
+
+
+@pytest.mark.parametrize("vocab", [49152, 262144])
+def test_top_k_matches_numpy(vocab):
+    """The one-pass top-k (sampling's candidates) picks the same ids as np.argpartition
+    on distinct logits, and on ties the k largest values, lowest ids first."""
+    rng = np.random.default_rng(vocab)
+    x = (rng.standard_normal(vocab) * 3).astype(np.float32)
+    for k in (1, 40, 1000):
+        assert np.array_equal(ops.top_k(x, k), ops.top_k_np(x, k)), k
+    ties = np.round(x).astype(np.float32)              # a few dozen distinct values
+    got = ops.top_k(ties, 40)
+    assert np.array_equal(np.sort(ties[got]), np.sort(ties)[-40:])
+    boundary = ties[got].min()
+    above = np.flatnonzero(ties > boundary)
+    at = np.flatnonzero(ties == boundary)[:40 - above.size]
+    assert np.array_equal(got, np.sort(np.concatenate([above, at])))
+    x[5] = np.nan                                      # a broken logit is never a candidate
+    assert 5 not in ops.top_k(x, 40)

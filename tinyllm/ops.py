@@ -146,9 +146,50 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndar
     return out
 
 
+def top_k_np(logits: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k largest logits, ascending by id (the reference)."""
+    return np.sort(np.argpartition(logits, -k)[-k:])
+
+
+@njit
+def _top_k(logits, k):
+    # One pass keeping the k best seen so far; a newcomer replaces the current worst.
+    # For V >> k almost every logit is one comparison against that worst, where
+    # np.argpartition costs 2.5 ms a token on Gemma 3's 262,144 logits (as much as a
+    # fifth of a decode step).  Ties keep the lower id; nan never enters.
+    ids = np.arange(k)
+    vals = logits[:k].copy()
+    worst = _worst(vals, ids)
+    for i in range(k, logits.shape[0]):
+        if logits[i] > vals[worst] or (np.isnan(vals[worst]) and not np.isnan(logits[i])):
+            vals[worst], ids[worst] = logits[i], i
+            worst = _worst(vals, ids)
+    return np.sort(ids)
+
+
+@njit(inline="always")
+def _worst(vals, ids):
+    """the slot to evict: a nan, else the smallest value, and of equal ones the highest id"""
+    w = 0
+    for j in range(vals.shape[0]):
+        if np.isnan(vals[j]):
+            return j
+        if vals[j] < vals[w] or (vals[j] == vals[w] and ids[j] > ids[w]):
+            w = j
+    return w
+
+
+def top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k largest logits (the top-k sampling candidates), ascending by id."""
+    if not HAVE_NUMBA:
+        return top_k_np(logits, k)
+    return _top_k(np.ascontiguousarray(logits, dtype=np.float32), int(k))
+
+
 def warmup() -> None:
     """Load (or compile) the numba twins before the first token needs them."""
     if HAVE_NUMBA:
+        top_k(np.zeros(8, np.float32), 2)
         x, weight = np.ones((1, 2, 4), np.float32), np.ones(4, np.float32)
         weight.flags.writeable = False       # as the model's norm weights are: the file map
         rms_norm(x, weight, 1e-6)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ops import softmax
+from .ops import softmax, top_k
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Sampler:
 
         # Work on the candidates that survive top-k, sorted by logit, descending.
         k = s.top_k if 0 < s.top_k < logits.size else logits.size
-        cand = np.argpartition(-logits, k - 1)[:k] if k < logits.size else np.arange(logits.size)
-        cand = cand[np.argsort(-logits[cand], kind="stable")]
+        cand = top_k(logits, k) if k < logits.size else np.arange(logits.size)
+        cand = cand[np.argsort(-logits[cand], kind="stable")]     # ties: the lower id first
         probs = softmax(logits[cand].astype(np.float64))
         if 0 < s.top_p < 1:
             # nucleus (Holtzman et al. 2019): the smallest prefix whose mass reaches top_p
