@@ -167,6 +167,18 @@ if jit.HAVE_NUMBA:
             return builder.or_(args[0], builder.shl(two, ir.Constant(u8x32.lltype, [4] * 32)))
         return u8x32(codes, w, types.intp, types.intp), codegen
 
+    @intrinsic
+    def prefetch(typingctx, w, o):
+        """a hint to fetch the cache line holding w[o] (never faults, even past the end)"""
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            p = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+                ir.VoidType(), [p.type, I32, I32, I32]), "llvm.prefetch.p0")
+            builder.call(fn, [p, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+            return context.get_dummy_value()
+        return types.none(w, types.intp), codegen
+
     # ---- the dot product ---------------------------------------------------------------
     def _dot_u8_s8(builder, u, s):
         """32 unsigned bytes . 32 signed bytes -> i32x8 (lane i: bytes 4i..4i+3)"""
