@@ -32,7 +32,7 @@ from ..jit import FASTMATH, HAVE_NUMBA, njit, prange
 from .activations import quantize_q8_0, quantize_q8_1, quantize_q8_K
 
 if HAVE_NUMBA:     # without numba these kernels are never called (linear() uses the numpy oracle)
-    from .simd import (prefetch, bytes32, dot, dot_acc, dot_scaled, dot_scales16, dot_signed, f16_at, f16_splat, fma, fmul, splat, hsum, hsum_i32, lane,
+    from .simd import (add, prefetch, bytes32, dot, dot_acc, dot_scaled, dot_signed, f16_at, f16_splat, fma, fmul, splat, hsum, int8x8, lane,
                        load_i32x8, madd, mul, nibbles16, nibbles_hi, nibbles_lo, q4_K_scales, scale_pair,
                        with_2bits, with_bit4, zeros_f32x8, zeros_i32x8)
 
@@ -130,31 +130,15 @@ def dot4_q4_1(w0, w1, w2, w3, xq, xd, xs):
 @njit(inline="always")
 def _q4_K_row(acc, w, o, B, xq, xd, bs32):
     sc, m = q4_K_scales(w, o + 4)
-    isum = zeros_i32x8()
+    even = odd = zeros_i32x8()          # two chains of multiply-adds: half the latency
     for p in range(4):
         q, xo = o + 16 + 32 * p, 256 * B + 64 * p
-        isum = dot_scaled(isum, nibbles_lo(w, q), xq, xo, lane(sc, 2 * p))
-        isum = dot_scaled(isum, nibbles_hi(w, q), xq, xo + 32, lane(sc, 2 * p + 1))
-    mins = hsum_i32(mul(m, load_i32x8(bs32, 8 * B)))
+        even = dot_scaled(even, nibbles_lo(w, q), xq, xo, lane(sc, 2 * p))
+        odd = dot_scaled(odd, nibbles_hi(w, q), xq, xo + 32, lane(sc, 2 * p + 1))
     d = xd[B]
-    return fma(acc, isum, f16_at(w, o) * d), f16_at(w, o + 2) * d * np.float32(mins)
-
-
-@njit(fastmath=FASTMATH, inline="never")
-def dot4_q4_K(w0, w1, w2, w3, xq, xd, bs32):
-    a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
-    c0 = c1 = c2 = c3 = np.float32(0.0)
-    for B in range(xd.shape[0]):
-        o = 144 * B
-        a0, m = _q4_K_row(a0, w0, o, B, xq, xd, bs32)
-        c0 += m
-        a1, m = _q4_K_row(a1, w1, o, B, xq, xd, bs32)
-        c1 += m
-        a2, m = _q4_K_row(a2, w2, o, B, xq, xd, bs32)
-        c2 += m
-        a3, m = _q4_K_row(a3, w3, o, B, xq, xd, bs32)
-        c3 += m
-    return hsum(a0) - c0, hsum(a1) - c1, hsum(a2) - c2, hsum(a3) - c3
+    acc = fma(acc, add(even, odd), f16_at(w, o) * d)
+    # the mins' lanes m_j bs32[j] go into the same float lanes, scaled by -dmin d_x
+    return fma(acc, mul(m, load_i32x8(bs32, 8 * B)), -(f16_at(w, o + 2) * d))
 
 
 # Q6_K super-block (210 bytes, 256 weights): ql[128] | qh[64] | scales[16] int8 | d f16
@@ -165,34 +149,46 @@ def dot4_q4_K(w0, w1, w2, w3, xq, xd, bs32):
 #   y = d_w d_x (sum_j sc_j (q_j . q_x)  -  32 sum_j sc_j bs16[j])      bs16: sums of q_x per 16
 @njit(inline="always")
 def _q6_K_row(acc, w, o, B, xq, xd, bs16):
-    isum = zeros_i32x8()
+    lo = hi = zeros_i32x8()             # two chains of multiply-adds: half the latency
     for h in range(2):
         ql, qh, xo, sc = o + 64 * h, o + 128 + 32 * h, 256 * B + 128 * h, o + 192 + 8 * h
         # each dot covers two sub-blocks: lanes 0..3 the first 16 weights, 4..7 the next
-        isum = dot_scaled(isum, with_2bits(nibbles_lo(w, ql), w, qh, 0), xq, xo, scale_pair(w, sc))
-        isum = dot_scaled(isum, with_2bits(nibbles_lo(w, ql + 32), w, qh, 2), xq, xo + 32, scale_pair(w, sc + 2))
-        isum = dot_scaled(isum, with_2bits(nibbles_hi(w, ql), w, qh, 4), xq, xo + 64, scale_pair(w, sc + 4))
-        isum = dot_scaled(isum, with_2bits(nibbles_hi(w, ql + 32), w, qh, 6), xq, xo + 96, scale_pair(w, sc + 6))
-    bias = dot_scales16(w, o + 192, bs16, 16 * B)
+        lo = dot_scaled(lo, with_2bits(nibbles_lo(w, ql), w, qh, 0), xq, xo, scale_pair(w, sc))
+        lo = dot_scaled(lo, with_2bits(nibbles_lo(w, ql + 32), w, qh, 2), xq, xo + 32, scale_pair(w, sc + 2))
+        hi = dot_scaled(hi, with_2bits(nibbles_hi(w, ql), w, qh, 4), xq, xo + 64, scale_pair(w, sc + 4))
+        hi = dot_scaled(hi, with_2bits(nibbles_hi(w, ql + 32), w, qh, 6), xq, xo + 96, scale_pair(w, sc + 6))
     d = f16_at(w, o + 208) * xd[B]
-    return fma(acc, isum, d), d * np.float32(32 * bias)
+    acc = fma(acc, add(lo, hi), d)
+    # the bias 32 sum_j sc_j bs16[j], lane j of each half: scales 0..7, then 8..15
+    bias = add(mul(int8x8(w, o + 192), load_i32x8(bs16, 16 * B)),
+               mul(int8x8(w, o + 200), load_i32x8(bs16, 16 * B + 8)))
+    return fma(acc, bias, np.float32(-32.0) * d)
+
+
+# The k-quants' four rows: one super-block of each row per step, into 8 float lanes a row.
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_q4_K(w0, w1, w2, w3, xq, xd, bs32):
+    return _dot4_k(w0, w1, w2, w3, xq, xd, bs32, False)
 
 
 @njit(fastmath=FASTMATH, inline="never")
 def dot4_q6_K(w0, w1, w2, w3, xq, xd, bs16):
+    return _dot4_k(w0, w1, w2, w3, xq, xd, bs16, True)
+
+
+@njit(fastmath=FASTMATH, inline="always")      # inlined: q6_K becomes a constant
+def _dot4_k(w0, w1, w2, w3, xq, xd, bs, q6_K):
     a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
-    c0 = c1 = c2 = c3 = np.float32(0.0)
+    size = 210 if q6_K else 144
     for B in range(xd.shape[0]):
-        o = 210 * B
-        a0, m = _q6_K_row(a0, w0, o, B, xq, xd, bs16)
-        c0 += m
-        a1, m = _q6_K_row(a1, w1, o, B, xq, xd, bs16)
-        c1 += m
-        a2, m = _q6_K_row(a2, w2, o, B, xq, xd, bs16)
-        c2 += m
-        a3, m = _q6_K_row(a3, w3, o, B, xq, xd, bs16)
-        c3 += m
-    return hsum(a0) - c0, hsum(a1) - c1, hsum(a2) - c2, hsum(a3) - c3
+        o = size * B
+        if q6_K:
+            a0, a1 = _q6_K_row(a0, w0, o, B, xq, xd, bs), _q6_K_row(a1, w1, o, B, xq, xd, bs)
+            a2, a3 = _q6_K_row(a2, w2, o, B, xq, xd, bs), _q6_K_row(a3, w3, o, B, xq, xd, bs)
+        else:
+            a0, a1 = _q4_K_row(a0, w0, o, B, xq, xd, bs), _q4_K_row(a1, w1, o, B, xq, xd, bs)
+            a2, a3 = _q4_K_row(a2, w2, o, B, xq, xd, bs), _q4_K_row(a3, w3, o, B, xq, xd, bs)
+    return hsum(a0), hsum(a1), hsum(a2), hsum(a3)
 
 
 @njit
@@ -219,29 +215,27 @@ def quantize_x(fmt, x):
     of q_x that fold in biases and mins: xs (Q4_1's Q8_1: f16(d sum(q)) per 32) or xi
     (integers: Q4_0/Q5_0 -c x sums per 4, Q4_K sums per 32, Q6_K sums per 16)"""
     n = x.shape[0]
-    qf = np.empty(n, np.float32)
+    xq = np.empty(n, np.int8)           # the quantizers write the integers straight in
     if fmt == 12 or fmt == 14:                      # Q8_K
         xd = np.empty(n // 256, np.float32)
-        xs = np.empty(n // 16, np.float32)
-        quantize_q8_K(x, qf, xd, xs)
-        per = 32 if fmt == 12 else 16
-        xi = np.zeros(n // per, np.int32)
-        for j in range(n // 16):
-            xi[j * 16 // per] += np.int32(xs[j])
-    else:
-        xd = np.empty(n // 32, np.float32)
-        xs = np.empty(n // 32, np.float32)
-        if fmt == 3:                                # Q8_1
-            quantize_q8_1(x, qf, xd, xs)
-        else:                                       # Q8_0
-            quantize_q8_0(x, qf, xd)
-        c = 8 if fmt == 2 else 16 if fmt == 6 else 0
-        xi = np.zeros(n // 4 if c else 0, np.int32)
-        for i in range(xi.shape[0]):
-            xi[i] = -c * np.int32(qf[4 * i] + qf[4 * i + 1] + qf[4 * i + 2] + qf[4 * i + 3])
-    xq = np.empty(n, np.int8)
-    for k in range(n):
-        xq[k] = np.int8(qf[k])
+        bs16 = np.empty(n // 16, np.int32)
+        quantize_q8_K(x, xq, xd, bs16)
+        if fmt == 14:
+            return xq, xd, xd[:0], bs16
+        bs32 = np.empty(n // 32, np.int32)
+        for j in range(n // 32):
+            bs32[j] = bs16[2 * j] + bs16[2 * j + 1]
+        return xq, xd, xd[:0], bs32
+    xd = np.empty(n // 32, np.float32)
+    xs = np.empty(n // 32 if fmt == 3 else 0, np.float32)
+    if fmt == 3:                                    # Q8_1
+        quantize_q8_1(x, xq, xd, xs)
+    else:                                           # Q8_0
+        quantize_q8_0(x, xq, xd)
+    c = 8 if fmt == 2 else 16 if fmt == 6 else 0
+    xi = np.empty(n // 4 if c else 0, np.int32)
+    for i in range(xi.shape[0]):
+        xi[i] = -c * (np.int32(xq[4 * i]) + np.int32(xq[4 * i + 1]) + np.int32(xq[4 * i + 2]) + np.int32(xq[4 * i + 3]))
     return xq, xd, xs, xi
 
 

@@ -271,6 +271,13 @@ if jit.HAVE_NUMBA:
         return i32x8(acc, v, i32x8), codegen
 
     @intrinsic
+    def add(typingctx, a, b):
+        """a + b, lane by lane"""
+        def codegen(context, builder, sig, args):
+            return builder.add(args[0], args[1])
+        return i32x8(i32x8, i32x8), codegen
+
+    @intrinsic
     def mul(typingctx, a, b):
         """a * b, lane by lane"""
         def codegen(context, builder, sig, args):
@@ -325,20 +332,11 @@ if jit.HAVE_NUMBA:
         return i32x8(a, types.intp), codegen
 
     @intrinsic
-    def dot_scales16(typingctx, w, o, bs, k):
-        """sum_j int8(w[o + j]) * bs[k + j], j < 16: Q6_K's 16 scales against x's sums per 16"""
+    def int8x8(typingctx, w, o):
+        """the 8 signed bytes w[o : o+8] as int32 lanes (Q6_K's sub-block scales)"""
         def codegen(context, builder, sig, args):
-            sc = builder.sext(_load(context, builder, sig.args[0], args[0], args[1], _v(I8, 16)), _v(I32, 16))
-            b = _load(context, builder, sig.args[2], args[2], args[3], _v(I32, 16))
-            return _call(builder, "llvm.vector.reduce.add.v16i32", I32, [builder.mul(sc, b)])
-        return types.int32(w, types.intp, bs, types.intp), codegen
-
-    @intrinsic
-    def hsum_i32(typingctx, v):
-        """the sum of the 8 int32 lanes"""
-        def codegen(context, builder, sig, args):
-            return _call(builder, "llvm.vector.reduce.add.v8i32", I32, [args[0]])
-        return types.int32(v), codegen
+            return builder.sext(_load(context, builder, sig.args[0], args[0], args[1], _v(I8, 8)), i32x8.lltype)
+        return i32x8(w, types.intp), codegen
 
     @intrinsic
     def fma(typingctx, acc, v, s):
