@@ -58,7 +58,10 @@ import os
 
 import numpy as np
 
-from ..jit import njit
+from ..jit import HAVE_NUMBA, njit
+
+if HAVE_NUMBA:
+    from .simd import through_f16
 
 QK = 32     # block of Q8_0 / Q8_1
 QK_K = 256  # super-block of Q8_K and the k-quants
@@ -136,16 +139,9 @@ def round_away(v):
 @njit(inline="always")
 def round_to_f16(v):
     """The float32 nearest to v that is exactly representable as an IEEE half
-    (ties to even, overflow to inf): what storing v in an f16 field does."""
-    if v == 0 or not math.isfinite(v):
-        return np.float32(v)
-    _, e = math.frexp(v)                  # |v| in [2^(e-1), 2^e)
-    q = max(e - 11, -24)                  # weight of the last kept bit: 11 significant bits,
-    r = np.rint(math.ldexp(v, -q))        # or the subnormal step 2^-24
-    r = math.ldexp(r, q)
-    if abs(r) > 65504.0:
-        return np.float32(math.copysign(math.inf, v))
-    return np.float32(r)
+    (ties to even, overflow to inf): what storing v in an f16 field does.  One
+    conversion each way (x86 F16C vcvtps2ph/vcvtph2ps, aarch64 fcvt)."""
+    return through_f16(v)
 
 
 @njit
@@ -184,28 +180,25 @@ def quantize_q8_1(x, xq, xd, xs):
 def quantize_q8_K(x, xq, xd, xbsum):
     """Q8_K: xq (n,), xd (n/256,) float32, xbsum (n/16,) sums of each 16 consecutive q."""
     for b in range(x.shape[0] // QK_K):
+        xb, qb = x[b * QK_K:(b + 1) * QK_K], xq[b * QK_K:(b + 1) * QK_K]
         amax = np.float32(0.0)
-        vmax = np.float32(0.0)
-        for k in range(QK_K):
-            a = abs(x[b * QK_K + k])
-            if a > amax:
-                amax = a
-                vmax = x[b * QK_K + k]
-        if amax == 0:
+        for k in range(xb.shape[0]):
+            amax = max(amax, abs(xb[k]))
+        if not amax > 0:                            # all zero (or nan)
             xd[b] = 0.0
-            for k in range(QK_K):
-                xq[b * QK_K + k] = 0.0
-            for j in range(16):
-                xbsum[b * 16 + j] = 0.0
+            qb[:] = 0
+            xbsum[b * 16:(b + 1) * 16] = 0
             continue
-        iscale = np.float32(-127.0) / vmax
+        k = 0                                       # the first x of largest magnitude, sign kept
+        while abs(xb[k]) != amax and k < QK_K - 1:
+            k += 1
+        iscale = np.float32(-127.0) / xb[k]
+        for k in range(xb.shape[0]):
+            qb[k] = min(np.float32(127.0), np.float32(np.rint(iscale * xb[k])))
         for j in range(16):
-            s = np.float32(0.0)
-            for k in range(16):
-                i = b * QK_K + j * 16 + k
-                q = min(np.float32(127.0), np.float32(np.rint(iscale * x[i])))
-                xq[i] = q
-                s += q
+            s = 0                                   # an integer sum: the loop vectorizes
+            for k in range(16 * j, 16 * j + 16):
+                s += np.int32(qb[k])
             xbsum[b * 16 + j] = s
         xd[b] = np.float32(1.0) / iscale
 
