@@ -165,29 +165,36 @@ def _q6_K_row(acc, w, o, B, xq, xd, bs16):
     return fma(acc, bias, np.float32(-32.0) * d)
 
 
-# The k-quants' four rows: one super-block of each row per step, into 8 float lanes a row.
+# Four rows of Q4_K, two at a time: a super-block of each of the two rows per step, into
+# 8 float lanes a row.  Four rows in one loop need more than the 32 vector registers (each
+# row's scales and mins on top of the shared x), and the spilled values, stored and
+# reloaded in every step, made the speed depend on where x happened to lie in memory:
+# 14.6 to 18.0 GB/s on one core, by its offset in a cache line.  Two rows never spill:
+# 17.3 GB/s at every offset (scripts/bench_kernels.py, 5632 x 2048).
 @njit(fastmath=FASTMATH, inline="never")
 def dot4_q4_K(w0, w1, w2, w3, xq, xd, bs32):
-    return _dot4_k(w0, w1, w2, w3, xq, xd, bs32, False)
+    a0, a1 = _dot2_q4_K(w0, w1, xq, xd, bs32)
+    a2, a3 = _dot2_q4_K(w2, w3, xq, xd, bs32)
+    return a0, a1, a2, a3
 
 
+@njit(fastmath=FASTMATH, inline="always")
+def _dot2_q4_K(w0, w1, xq, xd, bs32):
+    a0, a1 = zeros_f32x8(), zeros_f32x8()
+    for B in range(xd.shape[0]):
+        o = 144 * B
+        a0, a1 = _q4_K_row(a0, w0, o, B, xq, xd, bs32), _q4_K_row(a1, w1, o, B, xq, xd, bs32)
+    return hsum(a0), hsum(a1)
+
+
+# Q6_K's four rows fit the registers: one super-block of each row per step.
 @njit(fastmath=FASTMATH, inline="never")
 def dot4_q6_K(w0, w1, w2, w3, xq, xd, bs16):
-    return _dot4_k(w0, w1, w2, w3, xq, xd, bs16, True)
-
-
-@njit(fastmath=FASTMATH, inline="always")      # inlined: q6_K becomes a constant
-def _dot4_k(w0, w1, w2, w3, xq, xd, bs, q6_K):
     a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
-    size = 210 if q6_K else 144
     for B in range(xd.shape[0]):
-        o = size * B
-        if q6_K:
-            a0, a1 = _q6_K_row(a0, w0, o, B, xq, xd, bs), _q6_K_row(a1, w1, o, B, xq, xd, bs)
-            a2, a3 = _q6_K_row(a2, w2, o, B, xq, xd, bs), _q6_K_row(a3, w3, o, B, xq, xd, bs)
-        else:
-            a0, a1 = _q4_K_row(a0, w0, o, B, xq, xd, bs), _q4_K_row(a1, w1, o, B, xq, xd, bs)
-            a2, a3 = _q4_K_row(a2, w2, o, B, xq, xd, bs), _q4_K_row(a3, w3, o, B, xq, xd, bs)
+        o = 210 * B
+        a0, a1 = _q6_K_row(a0, w0, o, B, xq, xd, bs16), _q6_K_row(a1, w1, o, B, xq, xd, bs16)
+        a2, a3 = _q6_K_row(a2, w2, o, B, xq, xd, bs16), _q6_K_row(a3, w3, o, B, xq, xd, bs16)
     return hsum(a0), hsum(a1), hsum(a2), hsum(a3)
 
 
@@ -209,13 +216,23 @@ def dot4(fmt, w0, w1, w2, w3, xq, xd, xs, xi, lut):
 TYPES = (8, 2, 6, 3, 12, 14)   # ggml type ids: Q8_0, Q4_0, Q5_0, Q4_1, Q4_K, Q6_K
 
 
+@njit(inline="always")
+def _empty_on_a_line(n):
+    """np.empty(n, np.int8), starting on a 64-byte cache line: every 32-byte load of a
+    block of x then stays within one line (a load split over two lines costs Q6_K a
+    quarter of its speed: 24 -> 18 GB/s on one core with x 16 bytes into a line)."""
+    buf = np.empty(n + 63, np.int8)
+    o = (-buf.ctypes.data) % 64
+    return buf[o:o + n]
+
+
 @njit
 def quantize_x(fmt, x):
     """x rounded as llama.cpp's vec_dot type for fmt: xq int8 (n,), scales xd, and the sums
     of q_x that fold in biases and mins: xs (Q4_1's Q8_1: f16(d sum(q)) per 32) or xi
     (integers: Q4_0/Q5_0 -c x sums per 4, Q4_K sums per 32, Q6_K sums per 16)"""
     n = x.shape[0]
-    xq = np.empty(n, np.int8)           # the quantizers write the integers straight in
+    xq = _empty_on_a_line(n)            # the quantizers write the integers straight in
     if fmt == 12 or fmt == 14:                      # Q8_K
         xd = np.empty(n // 256, np.float32)
         bs16 = np.empty(n // 16, np.int32)
