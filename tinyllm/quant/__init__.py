@@ -91,7 +91,8 @@ class QTensor:
         self._serial = self.nbytes < SERIAL_BELOW_BYTES
         # one-row matvecs straight from the bytes, where a fused dot exists:
         #   _matvec_q8  x rounded to 8 bits, int8 dot products (decode_q8.py): decode steps
-        #   _matvec     x as it is (decode.py): decode with TINYLLM_ACTIVATIONS=exact.
+        #   _matvec     x as it is (decode.py): decode with TINYLLM_ACTIVATIONS=exact;
+        #               F32 weights always (float.matvec_f32).
         # Other single rows (a prefill's last row) take the prefill kernel: one compiled
         # kernel less in memory, for a once-per-prompt call.
         self._rounds_in_decode = ROUND_IN_DECODE and f.ggml_type in INT8_DECODE_TYPES
@@ -101,6 +102,8 @@ class QTensor:
             self._matvec_q8 = decode_q8.matvec
         if HAVE_NUMBA and not ROUND_IN_DECODE and f.ggml_type in decode.FUSED_TYPES:
             self._matvec = decode.matvec
+        if HAVE_NUMBA and f.ggml_type == 0:
+            self._matvec = _float.matvec_f32
 
     def __repr__(self):
         return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"

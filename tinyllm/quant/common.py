@@ -101,7 +101,10 @@ class QuantFormat:
         """the one-row kernels QTensor uses for this format (see QTensor.__init__)"""
         from . import decode, decode_q8
         from .activations import ROUND_IN_DECODE, ROUND_LIKE_LLAMA_CPP
-        ks = []
+        from .float import matvec_f32
+        if not HAVE_NUMBA:
+            return []
+        ks = [matvec_f32] if self.ggml_type == 0 else []
         if ROUND_IN_DECODE and self.ggml_type in decode_q8.TYPES:
             ks.append(decode_q8.matvec)
         if not ROUND_IN_DECODE and not ROUND_LIKE_LLAMA_CPP and self.ggml_type in decode.FUSED_TYPES:
@@ -109,20 +112,20 @@ class QuantFormat:
         return ks
 
     def kernels(self):
-        return [self.kernel] + self.matvecs() if self.kernel is not None else []
+        return ([self.kernel] if self.kernel is not None else []) + self.matvecs()
 
     def warmup(self):
-        """Run the kernel once on a tiny matrix: compiles or loads the cache for exactly
+        """Run the kernels once on a tiny matrix: compiles or loads the cache for exactly
         the argument types real calls use."""
-        if self.kernel is None:
-            return
         n_cols = self.block_size if self.block_size > 1 else 32
         raw = np.zeros((2, n_cols // self.block_size * self.type_size), np.uint8)
         raw.flags.writeable = False      # as the model's weights are: a read-only file map
-        self.kernel(self.weight_view(raw), np.zeros((1, n_cols), np.float32),
-                    np.zeros((1, 2), np.float32), *self.kernel_args)
+        if self.kernel is not None:
+            self.kernel(self.weight_view(raw), np.zeros((1, n_cols), np.float32),
+                        np.zeros((1, 2), np.float32), *self.kernel_args)
         for matvec in self.matvecs():
-            matvec(raw, np.zeros(n_cols, np.float32), np.zeros(2, np.float32), self.ggml_type, F16_TO_F32)
+            matvec(self.weight_view(raw), np.zeros(n_cols, np.float32), np.zeros(2, np.float32),
+                   self.ggml_type, F16_TO_F32)
 
     def __repr__(self):
         return f"QuantFormat({self.name})"
