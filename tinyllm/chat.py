@@ -466,7 +466,7 @@ def warm_kernels(model, info) -> None:
         info("  kernels: numpy fallback (numba not available)")
         return
     from .quant import FORMATS
-    types = sorted({t.type_name for t in model.gguf.tensors.values()} & set(FORMATS))
+    types = sorted(set(model.matrix_types()) & set(FORMATS))
     cached, t_all = [], time.perf_counter()
     for i, name in enumerate(types, 1):
         cold = []

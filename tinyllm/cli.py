@@ -62,7 +62,7 @@ def open_model(args, quiet: bool = False):
     model = Model(path, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"),
                   flash_attn=getattr(args, "flash_attn", "on") == "on")
     tok = Tokenizer.from_gguf(model.gguf)
-    types = sorted({t.type_name for t in model.gguf.tensors.values()})
+    types = model.matrix_types()
     anon_before = measured().rss_anon
     jit.warmup(types, log=(lambda m: None) if quiet else log)
     attention.warmup()

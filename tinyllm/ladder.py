@@ -173,7 +173,7 @@ def measure(files: list, base, tok, text: str, ctx: int, windows) -> list:
             models.append(base)           # the base against itself: KLD exactly 0
         else:
             models.append(Model(path, n_ctx=ctx))
-            jit.warmup(sorted({t.type_name for t in models[-1].gguf.tensors.values()}), log=log)
+            jit.warmup(models[-1].matrix_types(), log=log)
 
     def progress(i, n, stats):
         log(f"window {i}/{n}: mean KLD " + ", ".join(f"{label} {st.kld.mean():.3g}"

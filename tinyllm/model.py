@@ -196,6 +196,11 @@ class Model:
                              windows=[self.cfg.layer_window(il) for il in range(self.cfg.n_layer)],
                              flash_attn=flash_attn)
 
+    def matrix_types(self) -> list[str]:
+        """The formats of the weight matrices: what the kernels multiply by (the norms'
+        F32 vectors are only scaled by)."""
+        return sorted({t.type_name for t in self.gguf.tensors.values() if len(t.ne) >= 2})
+
     def reset(self) -> None:
         self.cache.truncate(0)
 
