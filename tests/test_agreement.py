@@ -74,12 +74,14 @@ def test_prompt_ids_match_llama_cpp(case):
         assert tok.encode(p["text"], parse_special=True) == p["ids"], p["name"]
 
 
-def clear_margin_steps(model, name, kind, min_margin, exact):
-    """For each greedy.json prompt: llama.cpp's continuation on the `kind` file ("f32" copy
-    or "q"uantized) up to its first step whose top-1/top-2 gap is <= min_margin, and ours
-    over as many steps (exact: decode steps without 8-bit activations).  Step n itself is
-    still decided by the clear gaps before it, so the first n tokens are comparable."""
+def greedy_steps_agreeing(model, name, kind, min_margin, exact):
+    """For each greedy.json prompt: asserts our greedy tokens equal llama.cpp's continuation
+    on the `kind` file ("f32" copy or "q"uantized) up to its first step whose top-1/top-2
+    gap is <= min_margin (exact: decode steps without 8-bit activations); returns how many
+    steps were compared.  Step n itself is still decided by the clear gaps before it, so
+    the first n tokens are comparable."""
     greedy = json.loads((FIXTURES / name / "greedy.json").read_text())
+    compared = 0
     for p in greedy["prompts"]:
         ref, margins = p[f"tokens_{kind}"], p[f"margins_{kind}"]
         n = next((i for i, m in enumerate(margins) if m <= min_margin), len(ref))
@@ -91,7 +93,9 @@ def clear_margin_steps(model, name, kind, min_margin, exact):
             ours.append(t)
             logits = model.forward([t], pos, exact=exact)
             pos += 1
-        yield p["name"], ours, ref[:n]
+        assert ours == ref[:n], (p["name"], ours, ref[:n])
+        compared += n
+    return compared
 
 
 def test_greedy_continuation_matches_where_margin_is_clear(case):
@@ -99,10 +103,7 @@ def test_greedy_continuation_matches_where_margin_is_clear(case):
     same arithmetic, see above) up to the first step where its top-1/top-2 logit gap is
     <= 0.05 (past that, float rounding may legitimately flip it)."""
     name, model, tok, meta, npz = case
-    compared = 0
-    for prompt, ours, ref in clear_margin_steps(model, name, "f32", 0.05, exact=True):
-        assert ours == ref, (prompt, ours, ref)
-        compared += len(ref)
+    compared = greedy_steps_agreeing(model, name, "f32", 0.05, exact=True)
     assert compared >= 20, "too few clear-margin steps to mean anything"
 
 
@@ -113,10 +114,7 @@ def test_int8_decode_follows_llama_cpp_on_the_quantized_file(case):
     test's 0.05 because the rounding is chaotic: llama.cpp's own batched and one-token
     paths differ by 0.9-2.6 logits on these prompts (batched_vs_incremental_max_abs_q)."""
     name, model, tok, meta, npz = case
-    compared = 0
-    for prompt, ours, ref in clear_margin_steps(model, name, "q", 0.5, exact=False):
-        assert ours == ref, (prompt, ours, ref)
-        compared += len(ref)
+    compared = greedy_steps_agreeing(model, name, "q", 0.5, exact=False)
     assert compared >= 10, "too few clear-margin steps to mean anything"
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import TinyLLMError
 from ..jit import HAVE_NUMBA, call_serial
-from . import decode, float as _float, q4, q5, q8_0, kquants, iq4
+from . import float as _float, q4, q5, q8_0, kquants, iq4
 from .decode_q8 import TYPES as INT8_DECODE_TYPES
 from .activations import ROUND_IN_DECODE, ROUND_LIKE_LLAMA_CPP
 from .common import F16_TO_F32, QuantFormat, row_chunks
@@ -89,21 +89,11 @@ class QTensor:
         self._w = f.weight_view(raw)     # what the numba kernel reads (a view)
         self._kernel, self._kernel_args = f.kernel, f.kernel_args
         self._serial = self.nbytes < SERIAL_BELOW_BYTES
-        # one-row matvecs straight from the bytes, where a fused dot exists:
-        #   _matvec_q8  x rounded to 8 bits, int8 dot products (decode_q8.py): decode steps
-        #   _matvec     x as it is (decode.py): decode with TINYLLM_ACTIVATIONS=exact;
-        #               F32 weights always (float.matvec_f32).
-        # Other single rows (a prefill's last row) take the prefill kernel: one compiled
-        # kernel less in memory, for a once-per-prompt call.
+        # one-row matvecs straight from the bytes, where the format has them (QuantFormat.matvecs):
+        #   _matvec_q8  x rounded to 8 bits, int8 dot products: decode steps
+        #   _matvec     x as it is
         self._rounds_in_decode = ROUND_IN_DECODE and f.ggml_type in INT8_DECODE_TYPES
-        self._matvec_q8 = self._matvec = None
-        if HAVE_NUMBA and self._rounds_in_decode:
-            from . import decode_q8
-            self._matvec_q8 = decode_q8.matvec
-        if HAVE_NUMBA and not ROUND_IN_DECODE and f.ggml_type in decode.FUSED_TYPES:
-            self._matvec = decode.matvec
-        if HAVE_NUMBA and f.ggml_type == 0:
-            self._matvec = _float.matvec_f32
+        self._matvec_q8, self._matvec = f.matvecs()
 
     def __repr__(self):
         return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"

@@ -98,21 +98,26 @@ class QuantFormat:
         self.weight_view = weight_view or (lambda raw: raw)
 
     def matvecs(self):
-        """the one-row kernels QTensor uses for this format (see QTensor.__init__)"""
+        """(int8, plain): this format's one-row kernels, or None where it has none.
+          int8   x rounded to 8 bits, int8 dot products (decode_q8.py): decode steps
+          plain  x as it is: decode.py under TINYLLM_ACTIVATIONS=exact; F32 always
+                 (float.matvec_f32)
+        Other single rows take the prefill kernel: one compiled kernel less in memory."""
         from . import decode, decode_q8
-        from .activations import ROUND_IN_DECODE, ROUND_LIKE_LLAMA_CPP
+        from .activations import ROUND_IN_DECODE
         from .float import matvec_f32
         if not HAVE_NUMBA:
-            return []
-        ks = [matvec_f32] if self.ggml_type == 0 else []
-        if ROUND_IN_DECODE and self.ggml_type in decode_q8.TYPES:
-            ks.append(decode_q8.matvec)
-        if not ROUND_IN_DECODE and not ROUND_LIKE_LLAMA_CPP and self.ggml_type in decode.FUSED_TYPES:
-            ks.append(decode.matvec)
-        return ks
+            return None, None
+        int8 = decode_q8.matvec if ROUND_IN_DECODE and self.ggml_type in decode_q8.TYPES else None
+        plain = None
+        if self.ggml_type == 0:
+            plain = matvec_f32
+        elif not ROUND_IN_DECODE and self.ggml_type in decode.FUSED_TYPES:
+            plain = decode.matvec
+        return int8, plain
 
     def kernels(self):
-        return ([self.kernel] if self.kernel is not None else []) + self.matvecs()
+        return [k for k in (self.kernel, *self.matvecs()) if k is not None]
 
     def warmup(self):
         """Run the kernels once on a tiny matrix: compiles or loads the cache for exactly
@@ -123,7 +128,7 @@ class QuantFormat:
         if self.kernel is not None:
             self.kernel(self.weight_view(raw), np.zeros((1, n_cols), np.float32),
                         np.zeros((1, 2), np.float32), *self.kernel_args)
-        for matvec in self.matvecs():
+        for matvec in filter(None, self.matvecs()):
             matvec(self.weight_view(raw), np.zeros(n_cols, np.float32), np.zeros(2, np.float32),
                    self.ggml_type, F16_TO_F32)
 

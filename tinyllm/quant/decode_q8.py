@@ -33,7 +33,7 @@ from .activations import quantize_q8_0, quantize_q8_1, quantize_q8_K
 
 if HAVE_NUMBA:     # without numba these kernels are never called (linear() uses the numpy oracle)
     from .simd import (add, prefetch, bytes32, dot, dot_acc, dot_scaled, dot_signed, f16_at, f16_splat, fma, fmul, splat, hsum, int8x8, lane,
-                       load_i32x8, madd, mul, nibbles16, nibbles_hi, nibbles_lo, q4_K_scales, scale_pair,
+                       load_i32x8, mul, nibbles16, nibbles_hi, nibbles_lo, q4_K_scales, scale_pair,
                        with_2bits, with_bit4, zeros_f32x8, zeros_i32x8)
 
 

@@ -271,13 +271,6 @@ if jit.HAVE_NUMBA:
         return f32x8(), codegen
 
     @intrinsic
-    def madd(typingctx, acc, v, s):
-        """acc + v * s, lane by lane (integer sub-block scales)"""
-        def codegen(context, builder, sig, args):
-            return builder.add(args[0], builder.mul(args[1], args[2]))
-        return i32x8(acc, v, i32x8), codegen
-
-    @intrinsic
     def add(typingctx, a, b):
         """a + b, lane by lane"""
         def codegen(context, builder, sig, args):
