@@ -252,8 +252,81 @@ def test_defaults_by_version():
 def test_band_for_version():
     assert ollama.band_for("0.12.6", "cpu").key == "cpu-0.12.6"
     assert ollama.band_for("0.12.7", "cpu").key == "cpu-0.24"
-    assert ollama.band_for("0.6.5", "metal").key == "metal-0.12.10"
+    assert ollama.band_for("0.6.5", "metal").key == "metal-0.9.2"
+    assert ollama.band_for("0.9.3", "metal").key == "metal-0.12.10"
+    assert ollama.band_for("0.5.4", "cpu").key == "cpu-0.9.2"
+    assert ollama.band_for("0.9.3", "cpu").key == "cpu-0.11.4"
+    assert ollama.band_for("0.11.4", "cpu").key == "cpu-0.11.4"
+    assert ollama.band_for("0.11.5", "cpu").key == "cpu-0.12.6"
     assert ollama.band_for("0.12.10", "cuda").key == "cuda-0.12.10"
     assert ollama.band_for("0.12.11", "cuda").key == "gpu-0.24"
     assert ollama.band_for("v0.30.0", "metal").key == "gpu-0.30"
     assert ollama.parse_version("0.6.x") == (0, 6, 0)
+
+
+# ---- checked against a real Ollama 0.5.4 (CPU-only) -----------------------------------------
+
+def test_ollama_before_0_9_3_does_not_clamp_num_ctx(smollm2_path):
+    """A real Ollama 0.5.4 on this machine's CPU showed 1.6 GB for SmolLM2 Q4_1 at num_ctx
+    32768, four times the model's 8192-token training context: it sized all 32768 cells.
+    The clamp to context_length came with 0.9.3."""
+    m = ollama.OllamaModel.from_gguf(GGUFFile(smollm2_path))
+    assert m.context_length == 8192
+    old = ollama.ollama_ps(m, ollama.band_for("0.5.4", "cpu"), 32768)
+    assert old.printed == "1.6 GB"
+    assert old.parts["kv"] == 32768 * 30 * 3 * (64 + 64) * 2
+    assert any("sizes it as asked" in n for n in old.notes)
+    # from 0.9.3 the same request is sized at 8192 cells: what the study said for every version
+    new = ollama.ollama_ps(m, ollama.band_for("0.9.3", "cpu"), 32768)
+    assert new.parts["kv"] == 8192 * 30 * 3 * (64 + 64) * 2
+    assert new.size == ollama.ollama_ps(m, "cpu-0.11.4", 8192).size == old.size - 1088421888
+    assert new.printed == "466 MB"
+    # within the training context the two agree
+    assert ollama.ollama_ps(m, "cpu-0.9.2", 8192).size == new.size
+
+
+def test_cpu_ollama_before_0_11_5_has_no_flash_attention(smollm2_path):
+    """CPU flash attention arrived in 0.11.5 (commit 8f4ec9ab2): before, OLLAMA_FLASH_ATTENTION=1
+    and OLLAMA_KV_CACHE_TYPE=q8_0 are ignored on the CPU and the cache stays f16.  GPUs had
+    flash attention all along."""
+    m = ollama.OllamaModel.from_gguf(GGUFFile(smollm2_path))
+    f16 = ollama.ollama_ps(m, "cpu-0.9.2", 8192, 1, "f16", "on")
+    for band in ("cpu-0.9.2", "cpu-0.11.4"):
+        q8 = ollama.ollama_ps(m, band, 8192, 1, "q8_0", "on")
+        assert q8.kv_type_used == "f16"
+        assert any("no flash attention on the CPU" in n for n in q8.notes)
+    assert ollama.ollama_ps(m, "cpu-0.9.2", 8192, 1, "q8_0", "on").size == f16.size
+    q8 = ollama.ollama_ps(m, "cpu-0.12.6", 8192, 1, "q8_0", "on")
+    assert q8.kv_type_used == "q8_0" and q8.parts["kv"] == 8192 * 30 * 3 * 128 * 1
+    assert ollama.ollama_ps(m, "metal-0.9.2", 8192, 1, "q8_0", "on").kv_type_used == "q8_0"
+    assert ollama.effective_kv_type(m, "q8_0", "on", "0.11.4", "cpu") == "f16"
+    assert ollama.effective_kv_type(m, "q8_0", "on", "0.11.5", "cpu") == "q8_0"
+
+
+def test_bands_cover_each_device_once():
+    """Every studied version falls in exactly one band per device."""
+    for v in ("0.2.0", "0.5.4", "0.9.2", "0.9.3", "0.11.4", "0.11.5", "0.12.6", "0.12.7",
+              "0.12.10", "0.12.11", "0.24.0", "0.30.0", "0.33.0"):
+        for dev in ("cpu", "cuda", "metal"):
+            hits = [b for b in ollama.BANDS if (b.device == dev or (b.device == "gpu" and dev != "cpu"))
+                    and b.first <= ollama.parse_version(v) <= b.last]
+            assert len(hits) == 1, (v, dev, hits)
+            assert ollama.band_for(v, dev) == hits[0]
+
+
+def test_mem_json_for_one_ollama_version(smollm2_path):
+    from conftest import run_cli
+    r = run_cli("mem", smollm2_path, "--ctx", "32768", "--ollama-version", "0.5.4", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["units"] == "bytes" and d["plan"]["n_ctx"] == 32768
+    assert d["plan"]["kv_full"] == 32768 * 30 * 3 * 128 * 2
+    assert d["ollama"]["settings"]["version"] == "0.5.4"
+    (band,) = d["ollama"]["bands"]
+    assert band["band"] == "cpu-0.9.2" and band["printed"] == "1.6 GB"
+    assert band["size"] == sum(band["parts"].values())
+    r = run_cli("mem", smollm2_path, "--ollama-version", "0.27.0")
+    assert r.returncode == 2 and "not covered" in r.stderr and "Traceback" not in r.stderr
+    # every band without --ollama-version
+    r = run_cli("mem", smollm2_path, "--json")
+    assert [b["band"] for b in json.loads(r.stdout)["ollama"]["bands"]] == [b.key for b in ollama.BANDS]

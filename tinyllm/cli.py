@@ -235,14 +235,15 @@ def cmd_mem(args):
         n_ctx = 2048 if args.ctx is None else args.ctx
         if n_ctx <= 0:
             raise TinyLLMError(f"--ctx must be positive, got {n_ctx}")
-        print(memory.ledger(g, n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_ctx,
-                            num_parallel=args.parallel, measure=False).table())
+        led = memory.ledger(g, n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_ctx,
+                            num_parallel=args.parallel, measure=False, **_ollama_band(args))
+        print(json.dumps(led.to_dict(), indent=1) if args.json else led.table())
         return
     # --run: measure the runtime first (numba imported, no model yet), then load the
     # model, fill the context with a prompt, and put planned and measured side by side.
     import numpy as np
     baseline = memory.measure_runtime_baseline()
-    model, tok = open_model(args)
+    model, tok = open_model(args, quiet=args.json)
     n_fill = min(args.fill or model.n_ctx, model.n_ctx)
     rng = np.random.default_rng(0)
     ids = rng.integers(100, min(model.cfg.n_vocab, 30000), size=n_fill).tolist()
@@ -250,9 +251,22 @@ def cmd_mem(args):
     for start in range(0, n_fill, args.n_batch):
         model.forward(ids[start:start + args.n_batch], start)
     log(f"filled {n_fill} tokens in {time.perf_counter() - t0:.1f} s")
-    print(memory.ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_fill,
+    led = memory.ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_fill,
                         runtime_baseline_bytes=baseline, num_parallel=args.parallel,
-                        measure=True, tokenizer=tok, kernels_bytes=model.kernels_bytes).table())
+                        measure=True, tokenizer=tok, kernels_bytes=model.kernels_bytes, **_ollama_band(args))
+    print(json.dumps(led.to_dict(), indent=1) if args.json else led.table())
+
+
+def _ollama_band(args) -> dict:
+    """--ollama-version/--ollama-device -> memory.ledger's arguments (one band), checked."""
+    if args.ollama_version is None:
+        return {}
+    from . import ollama
+    try:
+        ollama.band_for(args.ollama_version, args.ollama_device)
+    except ValueError as e:
+        raise TinyLLMError(str(e)) from None
+    return {"ollama_version": args.ollama_version, "ollama_device": args.ollama_device}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-batch", type=int, default=256, help="tokens per prefill batch (scratch size)")
     p.add_argument("--run", action="store_true", help="load the model, fill the context, measure")
     p.add_argument("--fill", type=int, default=None, help="with --run: tokens to fill (default: --ctx)")
+    p.add_argument("--ollama-version", default=None, metavar="X.Y.Z",
+                   help="only the band of this Ollama version (default: every band)")
+    p.add_argument("--ollama-device", default="cpu", choices=["cpu", "cuda", "metal"],
+                   help="with --ollama-version: where that Ollama runs the model (default cpu)")
+    p.add_argument("--json", action="store_true", help="the plan and each band's figures in bytes")
     p.set_defaults(fn=cmd_mem)
 
     p = sub.add_parser("bench", help="prefill and decode speed")

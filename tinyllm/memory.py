@@ -483,6 +483,25 @@ class Ledger:
     ollama: list | None = None          # OllamaFigure per version band
     ollama_settings: dict = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        """The plan, the measurement (if any) and each band's figures, in bytes (`tinyllm mem --json`)."""
+        p, m = self.plan, self.measured
+        plan = {"model": p.model_path, "arch": p.shape.arch, "n_ctx": p.n_ctx, "kv_type": p.kv_type,
+                "n_batch": p.n_batch, "flash_attn": p.flash_attn, "n_tokens": p.n_tokens,
+                "file": p.file_bytes, "weights": p.weights, "weights_by_type": dict(p.weights_by_type),
+                "weights_by_group": dict(p.weights_by_group), "kv_allocated": p.kv_allocated,
+                "kv_full": p.kv_full, "scratch": dict(p.scratch), "metadata_objects": p.metadata_objects,
+                "tokenizer_objects": p.tokenizer_objects, "kernels": p.kernels,
+                "runtime_baseline": p.runtime_baseline, "runtime_files": p.runtime_files,
+                "anon": p.anon, "rss": p.rss, "peak": p.peak}
+        out = {"units": "bytes", "plan": plan,
+               "ollama": {"settings": dict(self.ollama_settings),
+                          "bands": [ollama.figure_dict(f) for f in self.ollama or ()]}}
+        if m is not None:
+            out["measured"] = {k: getattr(m, k) for k in ("rss", "rss_anon", "rss_file", "swap", "peak_rss",
+                                                          "weights_resident") if hasattr(m, k)}
+        return out
+
     def table(self) -> str:
         p, m = self.plan, self.measured
         sh = p.shape
@@ -558,12 +577,14 @@ class Ledger:
 def ledger(g, n_ctx: int, kv_type: str = "f16", n_batch: int = 32, flash_attn: bool = True,
            n_tokens: int = 0, runtime_baseline_bytes: int = 0, num_parallel: int = 1,
            ollama_flash_attn: str | None = None, measure: bool = True,
-           kv_chunk: int = KV_CHUNK, tokenizer=None, kernels_bytes: int | None = None) -> Ledger:
+           kv_chunk: int = KV_CHUNK, tokenizer=None, kernels_bytes: int | None = None,
+           ollama_version: str | None = None, ollama_device: str = "cpu") -> Ledger:
     """Plan + measurement of this process + Ollama's figures: what `tinyllm mem` prints.
 
     ollama_flash_attn is OLLAMA_FLASH_ATTENTION as the user would set it ('on', 'off',
     'auto'); by default it follows flash_attn ('on'/'off').  tinyllm's f32 cache has no
-    Ollama equivalent; Ollama is asked for f16 then.
+    Ollama equivalent; Ollama is asked for f16 then.  ollama_version (e.g. '0.5.4')
+    keeps only the band of that version on ollama_device ('cpu', 'cuda', 'metal').
     """
     # Measure first: counting the tokenizer's objects for the plan walks every string of
     # the vocabulary, and that walk's own transient memory must not show up as ours.
@@ -574,6 +595,9 @@ def ledger(g, n_ctx: int, kv_type: str = "f16", n_batch: int = 32, flash_attn: b
     fa = ollama_flash_attn or ("on" if flash_attn else "off")
     okv = kv_type if kv_type in ollama.OLLAMA_KV_BYTES and kv_type != "f32" else "f16"
     model = ollama.OllamaModel.from_gguf(g)
-    figures = ollama.ollama_report(model, n_ctx, num_parallel, okv, fa)
-    return Ledger(plan, now, figures,
-                  {"num_ctx": n_ctx, "num_parallel": num_parallel, "kv_type": okv, "flash_attn": fa})
+    bands = ollama.BANDS if ollama_version is None else (ollama.band_for(ollama_version, ollama_device),)
+    figures = ollama.ollama_report(model, n_ctx, num_parallel, okv, fa, bands=bands)
+    settings = {"num_ctx": n_ctx, "num_parallel": num_parallel, "kv_type": okv, "flash_attn": fa}
+    if ollama_version is not None:
+        settings.update(version=ollama_version, device=ollama_device)
+    return Ledger(plan, now, figures, settings)

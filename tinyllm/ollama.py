@@ -13,6 +13,15 @@ so the answer depends on the version:
     0.12.11-0.24 (GPU)      llama runner    estimate: weights + KV + graph
     >= 0.30                 llama-server    sum of llama.cpp's "... buffer size = X MiB" log lines
 
+Two more changes split the older bands, both checked against a real Ollama 0.5.4
+on this machine's CPU (SmolLM2 Q4_1 at num_ctx 32768: `ollama ps` said 1.6 GB):
+
+    0.9.3 (commit 10a8e04)    num_ctx is clamped to the model's context_length.
+                              Before, a num_ctx beyond it is sized as asked.
+    0.11.5 (commit 8f4ec9ab2) flash attention on the CPU.  Before, CPU-only Ollama
+                              ignores OLLAMA_FLASH_ATTENTION, and with it
+                              OLLAMA_KV_CACHE_TYPE: the cache stays f16.
+
 "weights" here is Ollama's: every `blk.N.*` tensor plus output_norm plus
 `output` -- or `token_embd` when the output is tied to it.  An untied
 `token_embd` is never counted.  KV is counted at 2 / 1 / 0.5 bytes per element
@@ -225,7 +234,12 @@ class OllamaModel:
 
 # ---- KV cache -------------------------------------------------------------------------
 
-def effective_kv_type(model: OllamaModel, kv_type: str, flash_attn: str, version=(0, 24, 0)) -> str:
+CLAMP_NUM_CTX = (0, 9, 3)       # num_ctx clamped to the training context from here
+CPU_FLASH_ATTENTION = (0, 11, 5)  # flash attention (and so a quantized KV cache) on the CPU
+
+
+def effective_kv_type(model: OllamaModel, kv_type: str, flash_attn: str, version=(0, 24, 0),
+                      device: str = "gpu") -> str:
     """The cache type Ollama really uses when OLLAMA_KV_CACHE_TYPE=kv_type.
 
     flash_attn is the OLLAMA_FLASH_ATTENTION setting: 'on' (=1), 'off' (=0) or
@@ -237,11 +251,14 @@ def effective_kv_type(model: OllamaModel, kv_type: str, flash_attn: str, version
     llama-server runs with --flash-attn auto, which resolves to on for CPU,
     Metal and recent CUDA, so only an explicit 'off' forces f16.
     Unknown types fall back to f16 (SupportsKVCacheType accepts f16, q8_0, q4_0).
+    On the CPU there is no flash attention before v0.11.5, so no quantized cache either.
     """
     kv_type = (kv_type or "f16").lower()
     if kv_type not in ("f16", "q8_0", "q4_0"):
         return "f16"
     if kv_type == "f16" or not model.supports_flash_attention:
+        return "f16"
+    if device == "cpu" and parse_version(version) < CPU_FLASH_ATTENTION:
         return "f16"
     if parse_version(version) >= (0, 30, 0):
         return kv_type if flash_attn != "off" else "f16"
@@ -398,12 +415,35 @@ class Band:
     first: tuple
     last: tuple
 
+    @property
+    def clamps_num_ctx(self) -> bool:
+        """num_ctx clamped to the model's context_length (v0.9.3+)."""
+        return self.first >= CLAMP_NUM_CTX
+
+    @property
+    def spare_layer(self) -> bool:
+        """llm/memory.go's "one layer worth of memory as a buffer" counted in SIZE."""
+        return self.last <= (0, 12, 6) if self.device == "cpu" else self.last <= (0, 12, 10)
+
+    @property
+    def minimum_memory(self) -> bool:
+        return self.device in ("cuda", "metal") and self.last <= (0, 12, 10)
+
+    @property
+    def graph(self) -> bool:
+        """The compute-graph estimate counted in SIZE (dropped on CPU-only from v0.12.7)."""
+        return not (self.device == "cpu" and self.first >= (0, 12, 7))
+
 
 BANDS = (
-    Band("cpu-0.12.6", "CPU-only <=0.12.6", "cpu", (0, 2, 0), (0, 12, 6)),
+    Band("cpu-0.9.2", "CPU-only <=0.9.2", "cpu", (0, 2, 0), (0, 9, 2)),
+    Band("cpu-0.11.4", "CPU-only 0.9.3-0.11.4", "cpu", (0, 9, 3), (0, 11, 4)),
+    Band("cpu-0.12.6", "CPU-only 0.11.5-0.12.6", "cpu", (0, 11, 5), (0, 12, 6)),
     Band("cpu-0.24", "CPU-only 0.12.7-0.24", "cpu", (0, 12, 7), (0, 24, 99)),
-    Band("metal-0.12.10", "Metal <=0.12.10", "metal", (0, 2, 0), (0, 12, 10)),
-    Band("cuda-0.12.10", "CUDA <=0.12.10", "cuda", (0, 2, 0), (0, 12, 10)),
+    Band("metal-0.9.2", "Metal <=0.9.2", "metal", (0, 2, 0), (0, 9, 2)),
+    Band("metal-0.12.10", "Metal 0.9.3-0.12.10", "metal", (0, 9, 3), (0, 12, 10)),
+    Band("cuda-0.9.2", "CUDA <=0.9.2", "cuda", (0, 2, 0), (0, 9, 2)),
+    Band("cuda-0.12.10", "CUDA 0.9.3-0.12.10", "cuda", (0, 9, 3), (0, 12, 10)),
     Band("gpu-0.24", "GPU 0.12.11-0.24", "gpu", (0, 12, 11), (0, 24, 99)),
     Band("cpu-0.30", "CPU-only >=0.30", "cpu", (0, 30, 0), (999, 0, 0)),
     Band("gpu-0.30", "GPU >=0.30", "gpu", (0, 30, 0), (999, 0, 0)),
@@ -455,17 +495,28 @@ def ollama_ps(model: OllamaModel, band, num_ctx: int, num_parallel: int = 1,
       + output + graph; minimum memory and spare layer only gate the fit.
     >= 0.30: llama_server_buffers() summed (GPU: the GPU buffers only).
 
-    num_ctx is clamped to the model's context_length (v0.9.3+, per slot).
+    num_ctx is clamped to the model's context_length from v0.9.3 (per slot); before,
+    a larger num_ctx is sized as asked.  On the CPU before v0.11.5 there is no flash
+    attention, so a quantized cache stays f16 whatever the settings.
     """
     band = BAND[band] if isinstance(band, str) else band
     notes = []
     if model.context_length and num_ctx > model.context_length:
-        notes.append(f"num_ctx clamped to the model's {model.context_length} (Ollama >=0.9.3)")
-        num_ctx = model.context_length
-    kv_used = effective_kv_type(model, kv_type, flash_attn, band.first)
+        if band.clamps_num_ctx:
+            notes.append(f"num_ctx clamped to the model's {model.context_length} (Ollama >=0.9.3)")
+            num_ctx = model.context_length
+        else:
+            notes.append(f"num_ctx {num_ctx} is beyond the model's {model.context_length}: "
+                         f"Ollama <0.9.3 sizes it as asked")
+    kv_used = effective_kv_type(model, kv_type, flash_attn, band.first, band.device)
     if kv_used != (kv_type or "f16").lower():
-        notes.append(f"{kv_type} KV needs OLLAMA_FLASH_ATTENTION=1 here: Ollama uses {kv_used}"
-                     if band.first < (0, 30, 0) else f"{kv_type} KV needs flash attention: {kv_used}")
+        if band.device == "cpu" and band.first < CPU_FLASH_ATTENTION:
+            notes.append(f"no flash attention on the CPU before Ollama 0.11.5: "
+                         f"{kv_type} KV and OLLAMA_FLASH_ATTENTION are ignored, the cache is {kv_used}")
+        elif band.first < (0, 30, 0):
+            notes.append(f"{kv_type} KV needs OLLAMA_FLASH_ATTENTION=1 here: Ollama uses {kv_used}")
+        else:
+            notes.append(f"{kv_type} KV needs flash attention: {kv_used}")
 
     if band.first >= (0, 30, 0):
         fa = flash_attn != "off" and model.supports_flash_attention
@@ -481,11 +532,11 @@ def ollama_ps(model: OllamaModel, band, num_ctx: int, num_parallel: int = 1,
     kv = kv_estimate(model, num_ctx, num_parallel, kv_used, num_batch)
     _, graph_full = graph_estimate(model, num_ctx, num_parallel, kv_used, num_batch)
     parts = {"weights": model.weights_bytes, "kv": sum(kv)}
-    if band.key in ("cpu-0.12.6", "metal-0.12.10", "cuda-0.12.10"):
+    if band.spare_layer:
         parts["spare layer"] = model.layer_bytes[0] + kv[0]
-    if band.key in ("metal-0.12.10", "cuda-0.12.10"):
+    if band.minimum_memory:
         parts["minimum"] = MINIMUM_MEMORY[band.device]
-    if band.key != "cpu-0.24":
+    if band.graph:
         parts["graph"] = graph_full
     return OllamaFigure(band, sum(parts.values()), parts, kv_used, "estimate", notes)
 
@@ -496,6 +547,16 @@ def ollama_report(model: OllamaModel, num_ctx: int, num_parallel: int = 1, kv_ty
     """ollama_ps() for every band: the row set the memory table prints."""
     return [ollama_ps(model, b, num_ctx, num_parallel, kv_type, flash_attn, num_batch)
             for b in bands]
+
+
+def figure_dict(fig: OllamaFigure) -> dict:
+    """One band's figure as plain data, bytes throughout (for `tinyllm mem --json`)."""
+    b = fig.band
+    return {"band": b.key, "label": b.label, "device": b.device,
+            "first": ".".join(map(str, b.first)), "last": ".".join(map(str, b.last)),
+            "size": int(fig.size), "printed": fig.printed,
+            "parts": {k: int(v) for k, v in fig.parts.items()},
+            "kv_type_used": fig.kv_type_used, "basis": fig.basis, "notes": list(fig.notes)}
 
 
 # ---- printing ---------------------------------------------------------------------------
