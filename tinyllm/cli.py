@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, module, help_ in (
             ("quantize", "tinyllm.quantize.cli", "re-quantize a GGUF into another type (F16 ... Q2_K, _S/_M/_L mixes)"),
             ("inspect", "tinyllm.inspect", "tensors, types and sizes of a GGUF; one quantized block laid open"),
-            ("ladder", "tinyllm.ladder", "quantize a model into each type and compare size, quality, speed")):
+            ("ladder", "tinyllm.ladder", "quantize a model into each type and compare size, quality, speed"),
+            ("serve", "tinyllm.serve", "Ollama's and OpenAI's HTTP APIs on 127.0.0.1:11434 (pip install 'tinyllm[serve]')")):
         p = sub.add_parser(verb, help=help_)
         mod = importlib.import_module(module)
         mod.add_arguments(p)
