@@ -193,6 +193,14 @@ class Line:
                 self.cond.notify_all()
             self.busy = True
 
+    def try_acquire(self) -> bool:
+        """Hold the model if nobody holds it or waits for it (to unload it)."""
+        with self.cond:
+            if self.busy or self.waiting:
+                return False
+            self.busy = True
+            return True
+
     def release(self) -> None:
         with self.cond:
             self.busy = False
@@ -311,7 +319,7 @@ class Models:
             if not idle:
                 raise HTTPError(500, f"model requires more system memory ({need / MiB:.1f} MiB) "
                                      f"than is available ({avail / MiB:.1f} MiB)")
-            self.unload(idle[0].name, why="making room")
+            self.unload_if_idle(idle[0].name, why="making room")
 
     def unload(self, name: str, why: str = "") -> None:
         import gc
@@ -328,8 +336,16 @@ class Models:
         with self.lock:
             due = [n for n, lm in self.loaded.items() if lm.expires_at <= now and self.lines[n].idle]
         for n in due:
-            if self.lines[n].idle:
-                self.unload(n, why="keep_alive expired")
+            self.unload_if_idle(n, why="keep_alive expired")
+
+    def unload_if_idle(self, name: str, why: str) -> None:
+        """Unload a model unless a request holds it or waits for it."""
+        line = self.lines[name]
+        if line.try_acquire():
+            try:
+                self.unload(name, why=why)
+            finally:
+                line.release()
 
     # ---- facts for /api/tags, /api/show, /api/ps ----
     def digest(self, name: str) -> str:
