@@ -335,6 +335,22 @@ def test_ctrl_c_stops_a_generation_and_the_server(smollm2_path, tmp_path):
     assert len(got) < 900
 
 
+def test_two_models_side_by_side(smollm2_path, gemma3_path, tmp_path):
+    """The second model loads on first use (the memory check lets it: this machine has room)
+    and both stay loaded; /api/tags lists just the models named."""
+    srv = ServerProcess(tmp_path, MODEL, "gemma3-270m", "--ctx", "512").wait_ready()
+    try:
+        c = ollama.Client(host=srv.url)
+        assert [m.model for m in c.list().models] == [f"{MODEL}:latest", "gemma3-270m:latest"]
+        assert [m.model for m in c.ps().models] == [f"{MODEL}:latest"]       # the first, at start-up
+        r = c.generate(model="gemma3-270m", prompt="The capital of France is", raw=True, options=GREEDY)
+        assert r.done and r.load_duration > 0 and r.eval_count > 0 and "France" in r.response
+        assert c.generate(model=MODEL, prompt="Hi", options=GREEDY).load_duration == 0
+        assert sorted(m.model for m in c.ps().models) == ["gemma3-270m:latest", f"{MODEL}:latest"]
+    finally:
+        assert srv.stop() == 0, srv.stderr()
+
+
 def test_listening_beyond_loopback_warns(tmp_path):
     from conftest import run_cli
     r = run_cli("serve", str(tmp_path / "missing.gguf"), "--host", "0.0.0.0", "--port", str(free_port()))
