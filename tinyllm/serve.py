@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import re
@@ -436,8 +435,7 @@ class Server:
     def __init__(self, models: Models, stopping: threading.Event):
         self.models = models
         self.stopping = stopping
-        self.ids = 0
-        self.started = time.time()
+        self.ids = 0                   # chatcmpl-N ids of the OpenAI replies
 
     # ---- WSGI entry point ----
     def __call__(self, environ, start_response):
