@@ -359,6 +359,17 @@ def test_listening_beyond_loopback_warns(tmp_path):
     assert "model file not found" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_busy_port_fails_before_the_model_loads(smollm2_path):
+    from conftest import run_cli
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        t0 = time.time()
+        r = run_cli("serve", MODEL, "--port", str(s.getsockname()[1]))
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
+    assert "loading" not in r.stderr and time.time() - t0 < 60
+
+
 # ---- pieces -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, seconds", [

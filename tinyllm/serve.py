@@ -921,7 +921,14 @@ def run(args) -> None:
     stopping = threading.Event()
     models = Models(servable(args.models), args.ctx, args.kv_type, args.flash_attn == "on",
                     args.threads, keep_alive, stopping)
-    if args.models:
+    try:
+        server = waitress.create_server(Server(models, stopping), host=args.host, port=args.port,
+                                        threads=args.http_threads, channel_request_lookahead=1,
+                                        max_request_body_size=MAX_BODY, ident="tinyllm")
+    except OSError as e:          # before the slow part: a busy port fails at once
+        raise TinyLLMError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+
+    if args.models:                   # requests wait in the socket's backlog meanwhile
         first = next(iter(models.paths))
         try:
             models.ensure(first, None)
@@ -932,13 +939,6 @@ def run(args) -> None:
         while not stopping.wait(1.0):
             models.expire()
     threading.Thread(target=expire_loop, name="keep_alive", daemon=True).start()
-
-    try:
-        server = waitress.create_server(Server(models, stopping), host=args.host, port=args.port,
-                                        threads=args.http_threads, channel_request_lookahead=1,
-                                        max_request_body_size=MAX_BODY, ident="tinyllm")
-    except OSError as e:
-        raise TinyLLMError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
 
     def on_signal(signum, frame):
         # every generation stops at its next token; waitress then closes its sockets and threads
