@@ -74,25 +74,26 @@ class ModelShape:
         if arch is None:
             raise TinyLLMError(f"{g.path}: no general.architecture in the header")
 
-        def key(name, default=None):
-            v = md.get(f"{arch}.{name}", default)
-            if v is None:
-                raise TinyLLMError(f"{g.path}: missing metadata {arch}.{name}")
-            if isinstance(v, (np.ndarray, list)):   # per-layer arrays: size for the largest
-                return int(max(v))
-            return int(v)
+        def key(name, default=None, lo=1, hi=2**31 - 1):
+            v = g.get_int(f"{arch}.{name}", default, lo, hi)     # TinyLLMError if not an integer
+            return max(v) if isinstance(v, tuple) else v         # per-layer arrays: size for the largest
 
-        n_layer, n_embd, n_head = key("block_count"), key("embedding_length"), key("attention.head_count")
-        head_dim = key("attention.key_length", n_embd // n_head)
+        # every layer has tensors: a block count beyond the tensor count is a lie
+        n_layer = key("block_count", hi=max(1, len(g.tensors)))
+        n_embd, n_head = key("embedding_length"), key("attention.head_count")
+        head_dim = key("attention.key_length", max(1, n_embd // n_head))
         tokens = md.get("tokenizer.ggml.tokens")
-        n_vocab = len(tokens) if tokens is not None else key("vocab_size")
-        window = key("attention.sliding_window", 0)
+        n_vocab = len(tokens) if isinstance(tokens, list) else key("vocab_size")
+        window = key("attention.sliding_window", 0, lo=0)
         pattern = md.get(f"{arch}.attention.sliding_window_pattern",
                          SWA_PATTERN_DEFAULT.get(arch, 0))
+        if not isinstance(pattern, (np.ndarray, list)):
+            pattern = g.get_int(f"{arch}.attention.sliding_window_pattern",
+                                SWA_PATTERN_DEFAULT.get(arch, 0), lo=0)
         return cls(arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=key("feed_forward_length"),
                    n_head=n_head, n_head_kv=key("attention.head_count_kv", n_head),
                    head_dim=head_dim, head_dim_v=key("attention.value_length", head_dim),
-                   n_vocab=n_vocab, n_ctx_train=key("context_length", 0),
+                   n_vocab=n_vocab, n_ctx_train=key("context_length", 0, lo=0),
                    sliding_window=window,
                    swa_layers=swa_layer_indices(n_layer, pattern) if window else ())
 
