@@ -242,7 +242,7 @@ def test_context_overflow_in_a_terminal(tmp_path):
     ask(t, sent[1])
     assert "context full" not in t.screen
     start = t.type(sent[2])
-    t.expect(r"context full: .*dropped the 2 oldest messages, kept the system prompt")
+    t.expect(r"context full: .*no longer sees the 2 oldest messages, kept the system prompt")
     t.expect(r"\[mem\] reply .*\n")
     t.prompt()
     assert reply_after(t, start)                    # the conversation went on
@@ -250,10 +250,11 @@ def test_context_overflow_in_a_terminal(tmp_path):
         assert m["kv_used"] <= 72
     command(t, f"/save {tmp_path / 'c.json'}")
     msgs = json.loads((tmp_path / "c.json").read_text())["messages"]
-    # the oldest turn went; the system prompt and the new message stayed
+    # the model no longer sees the oldest turn, but the transcript keeps it, marked
     assert msgs[0] == {"role": "system", "content": "Be brief."}
-    assert [m["role"] for m in msgs[1:]] == ["user", "assistant"] * 2
-    assert [m["content"] for m in msgs if m["role"] == "user"] == sent[1:]
+    assert [m["role"] for m in msgs[1:]] == ["user", "assistant"] * 3
+    assert [m["content"] for m in msgs if m["role"] == "user"] == sent
+    assert [bool(m.get("trimmed")) for m in msgs[1:]] == [True, True, False, False, False, False]
     assert msgs[-1]["content"]
     assert "2 messages dropped" in command(t, "/ctx")
     t.type("/quit")
@@ -312,12 +313,15 @@ def test_overflow_drops_oldest_turns_keeps_system_and_new_message(small_chat):
              ("user", "And the mountains?"), ("assistant", "Mountains are high. " * 4),
              ("user", "What about rivers?")]
     chat.messages += [{"role": r, "content": c} for r, c in turns]
+    typed = [dict(m) for m in chat.messages]
     ids = chat.fit_context()
     assert len(ids) + chat.room_for_reply() <= 96
-    assert chat.messages[0] == {"role": "system", "content": "Be brief."}
-    assert chat.messages[-1] == {"role": "user", "content": "What about rivers?"}
-    assert chat.messages[1]["role"] == "user"                   # whole turns go, oldest first
-    assert len(chat.messages) < 6 and "dropped the" in chat.err.getvalue()
+    seen = chat.visible()                                       # what the model is shown
+    assert seen[0] == {"role": "system", "content": "Be brief."}
+    assert seen[-1] == {"role": "user", "content": "What about rivers?"}
+    assert seen[1]["role"] == "user"                            # whole turns go, oldest first
+    assert len(seen) < 6 and "no longer sees the" in chat.err.getvalue()
+    assert chat.messages == typed                               # the transcript keeps everything
     assert ids == chat.prompt_ids()
 
 

@@ -54,7 +54,7 @@ HELP = """commands:
   /kv                   KV cache: type, cells used / allocated, bytes
   /mem                  memory ledger: planned vs measured, and what Ollama would report
   /stats                speed of the last reply and of the session
-  /save FILE            save the conversation as JSON
+  /save FILE            save the whole conversation as JSON (--force: replace FILE)
   /load FILE            load a conversation saved with /save
   /quit                 leave (also /bye, /exit, Ctrl-D)
 input: Enter sends; Alt-Enter or a trailing \\ starts a new line; \"\"\" opens and closes a
@@ -125,9 +125,10 @@ class Chat:
 
     def __init__(self, model, tokenizer, sampler, n_predict: int = 512, system: str | None = None,
                  runtime_baseline: int = 0, verbose: bool = False, out=None, err=None,
-                 color: bool = False):
+                 color: bool = False, builtin_template: bool = False):
         self.model, self.tok, self.sampler = model, tokenizer, sampler
-        self.template = ChatTemplate.for_model(model.gguf, tokenizer)
+        self.template = ChatTemplate.for_model(model.gguf, tokenizer, builtin=builtin_template)
+        self.template.check()
         # Stop where the model starts a new turn as well as at end-of-generation tokens:
         # a base model otherwise goes on to write the user's next message.
         stop_tok = copy.copy(tokenizer)
@@ -143,7 +144,11 @@ class Chat:
         self.err = err or sys.stderr
         self.color = color
         self.tty_break = "\n" if _isatty(self.out) and _isatty(self.err) else ""
+        # Everything typed and replied stays in self.messages (what /save writes).  When
+        # the context fills, the model stops seeing the oldest turns: `trimmed` counts the
+        # messages after the system prompt that are left out of what is rendered.
         self.messages: list = []
+        self.trimmed = 0
         self.last = Stats()
         self.totals = {"turns": 0, "prompt": 0, "gen": 0, "t_prompt": 0.0, "t_gen": 0.0, "dropped": 0}
         self.reset()
@@ -164,7 +169,13 @@ class Chat:
     # ---- conversation -----------------------------------------------------------------
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.trimmed = 0
         self.session.reset()
+
+    def visible(self) -> list:
+        """The messages the model sees: the system prompt and the turns not trimmed."""
+        first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        return self.messages[:first] + self.messages[first + self.trimmed:]
 
     def set_system(self, text: str | None) -> None:
         """Replace the system prompt, keeping the turns (the cache is re-filled next turn)."""
@@ -173,17 +184,18 @@ class Chat:
         self.messages = ([{"role": "system", "content": self.system}] if self.system else []) + turns
 
     def prompt_ids(self) -> list:
-        return self.template.tokenize(self.messages, self.tok, add_generation_prompt=True)
+        return self.template.tokenize(self.visible(), self.tok, add_generation_prompt=True)
 
     def room_for_reply(self) -> int:
         return min(self.n_predict, self.model.n_ctx // 4)
 
     def fit_context(self) -> list:
-        """Token ids of the conversation, after dropping the oldest turns (never the system
-        prompt, never the newest message) until a reply's worth of room is left.  If the
+        """Token ids of the conversation, after leaving out the oldest turns (never the system
+        prompt, never the newest message) until a reply's worth of room is left.  They stay
+        in the transcript (self.messages, /save); only the model stops seeing them.  If the
         newest message does not fit even alone, nothing is dropped and TinyLLMError says so."""
         n_ctx, room = self.model.n_ctx, self.room_for_reply()
-        msgs = list(self.messages)
+        msgs = self.visible()
         first = 1 if msgs and msgs[0]["role"] == "system" else 0
         ids = self.template.tokenize(msgs, self.tok)
         while len(ids) + room > n_ctx:
@@ -198,13 +210,13 @@ class Chat:
                 end += 1
             del msgs[first:end]
             ids = self.template.tokenize(msgs, self.tok)
-        dropped = len(self.messages) - len(msgs)
+        dropped = len(self.visible()) - len(msgs)
         if dropped:
-            self.messages = msgs
+            self.trimmed += dropped
             self.totals["dropped"] += dropped
-            self.info(f"[context full: the conversation needs more than the {n_ctx}-token context; dropped the "
-                      f"{dropped} oldest message{'s' if dropped > 1 else ''}"
-                      f"{', kept the system prompt' if first else ''}"
+            self.info(f"[context full: the conversation needs more than the {n_ctx}-token context; the model "
+                      f"no longer sees the {dropped} oldest message{'s' if dropped > 1 else ''}"
+                      f"{', kept the system prompt' if first else ''} (/save still keeps them)"
                       f"; now {len(msgs)} messages in {len(ids)} tokens]")
         return ids
 
@@ -341,11 +353,11 @@ class Chat:
         self.info(f"[{key} = {v}]")
 
     def cmd_ctx(self, arg: str) -> None:
-        n_conv = len(self.template.tokenize(self.messages, self.tok, add_generation_prompt=False)) \
-            if self.messages else 0
+        n_conv = len(self.template.tokenize(self.visible(), self.tok, add_generation_prompt=False)) \
+            if self.visible() else 0
         n_ctx = self.model.n_ctx
         self.info(f"[context: the conversation is {n_conv} of {n_ctx} tokens ({100 * n_conv / n_ctx:.0f}%) in "
-                  f"{len(self.messages)} messages; the KV cache holds {len(self.session.tokens)}; a reply "
+                  f"{len(self.visible())} messages; the KV cache holds {len(self.session.tokens)}; a reply "
                   f"reserves {self.room_for_reply()}; {self.totals['dropped']} messages dropped so far]")
 
     def cmd_kv(self, arg: str) -> None:
@@ -372,18 +384,33 @@ class Chat:
                   + (f", peak RSS {mib(peak)} MiB]" if peak else "]"))
 
     def cmd_save(self, arg: str) -> None:
+        force = arg.startswith("--force ")
+        arg = arg[len("--force "):].strip() if force else arg
         if not arg:
-            self.info("usage: /save FILE")
+            self.info("usage: /save FILE  (/save --force FILE replaces an existing file)")
             return
+        # the whole transcript; the turns the model no longer sees are marked "trimmed"
+        first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        msgs = [dict(m, trimmed=True) if first <= i < first + self.trimmed else m
+                for i, m in enumerate(self.messages)]
         data = {"format": SAVE_FORMAT, "version": 1, "model": os.path.basename(self.model.path),
-                "system": self.system, "messages": self.messages}
+                "system": self.system, "messages": msgs}
+        text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+        path = Path(arg).expanduser()
         try:
-            Path(arg).expanduser().write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n",
-                                              encoding="utf-8")
+            if force:
+                path.write_text(text, encoding="utf-8")
+            else:
+                with open(path, "x", encoding="utf-8") as f:     # "x": never over an existing file
+                    f.write(text)
+        except FileExistsError:
+            self.info(f"[{arg} exists; not overwritten. /save --force {arg} replaces it]")
+            return
         except OSError as e:
             self.info(f"cannot write {arg}: {e.strerror}")
             return
-        self.info(f"[saved {len(self.messages)} messages to {arg}]")
+        note = f", {self.trimmed} of them trimmed from the context" if self.trimmed else ""
+        self.info(f"[saved {len(self.messages)} messages to {arg}{note}]")
 
     def cmd_load(self, arg: str) -> None:
         if not arg:
@@ -405,9 +432,11 @@ class Chat:
             self.info(f"cannot load {arg}: not a conversation saved with /save")
             return
         self.system = system
-        self.messages = [dict(m) for m in msgs]
+        self.messages = [{k: v for k, v in m.items() if k != "trimmed"} for m in msgs]
         if system and not (msgs and msgs[0]["role"] == "system"):
             self.messages.insert(0, {"role": "system", "content": system})
+        # what was trimmed when it was saved stays out of the model's view (the oldest turns)
+        self.trimmed = sum(1 for m in msgs if m.get("trimmed") and m["role"] != "system")
         self.session.reset()
         self.info(f"[loaded {len(msgs)} messages from {arg}; they are read into the cache with the next message]")
 
@@ -434,6 +463,8 @@ def load(args, log):
         elif fa == "off":
             raise TinyLLMError("--flash-attn off: this version of the model code has no switch for it")
     model = Model(path, **kw)
+    from .cli import check_before_loading
+    check_before_loading(model, args, log)         # context length, memory plan vs available
     return model, Tokenizer.from_gguf(model.gguf), baseline
 
 
@@ -444,7 +475,9 @@ def banner(model, chat: Chat) -> str:
     mix = ", ".join(f"{k} {mib(v)}" for k, v in memory.weights_by_type(g).items())
     name = g.get("general.name") or os.path.basename(model.path)
     fa = {True: "on", False: "off"}.get(chat.flash_attn, "n/a")
-    if chat.template.builtin:
+    if chat.template.forced:
+        fmt = chat.template.name
+    elif chat.template.builtin:
         fmt = (f"{chat.template.name} -- this is a base model (its GGUF has no chat template): "
                f"it was not trained to chat, so replies may wander")
     else:
@@ -495,10 +528,27 @@ def warm_kernels(model, info) -> None:
 
 # ---- the loops ----------------------------------------------------------------------------
 
+def clean_input(text: str, info) -> str:
+    """Text as typed, with bytes that are not UTF-8 replaced by U+FFFD (and a note saying so).
+
+    Python reads such bytes from stdin as lone surrogates ('surrogateescape'), which no
+    tokenizer can encode; the bytes are recovered and decoded with replacement instead."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        fixed = raw.decode("utf-8", "replace")
+        n = fixed.count("\ufffd") - text.count("\ufffd")
+        info(f"[the input was not valid UTF-8: {n} invalid byte sequence{'s' if n != 1 else ''} "
+             f"replaced with U+FFFD]")
+        return fixed.encode("utf-8", "replace").decode("utf-8")   # anything left: replaced too
+
+
 def run_piped(chat: Chat, lines) -> None:
     """One message per line; /commands work too.  Replies to stdout, status to stderr."""
     for line in lines:
-        line = line.rstrip("\r\n")
+        line = clean_input(line.rstrip("\r\n"), chat.info)
         if not line.strip():
             continue
         if line.startswith("/") and not line.startswith("//"):
@@ -568,6 +618,7 @@ def run_interactive(chat: Chat) -> None:
             break
         if not text.strip():
             continue
+        text = clean_input(text, chat.info)
         try:
             if text.startswith("/") and not text.startswith("//"):
                 if not chat.command(text):
@@ -587,6 +638,9 @@ def run_interactive(chat: Chat) -> None:
 
 
 def run_chat(args) -> None:
+    if hasattr(sys.stdin, "reconfigure"):
+        # bytes that are not UTF-8 reach clean_input() as surrogates instead of raising
+        sys.stdin.reconfigure(errors="surrogateescape")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     err_tty = sys.stderr.isatty()
 
@@ -596,7 +650,8 @@ def run_chat(args) -> None:
     from .cli import _sampler
     model, tok, baseline = load(args, log)
     chat = Chat(model, tok, _sampler(args), args.n_predict, args.system, runtime_baseline=baseline,
-                verbose=getattr(args, "verbose", False), color=err_tty)
+                verbose=getattr(args, "verbose", False), color=err_tty,
+                builtin_template=getattr(args, "builtin_template", False))
     chat.info(banner(model, chat))
     warm_kernels(model, chat.info)
     chat.info(chat.meter.line("loaded"))

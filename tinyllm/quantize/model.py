@@ -17,8 +17,9 @@ same order, each tensor padded to the file's alignment, as the format requires.
 
 A tensor whose chosen type equals its current type is copied byte for byte (as
 llama.cpp does), so re-quantizing never rounds twice what it does not have to.
-The output goes to OUT.tmp first and is renamed at the end: an interrupted run
-leaves no half-written model behind.
+The output goes to a fresh temporary file beside OUT first (never the input, never a
+file of the user's) and is renamed at the end: an interrupted run leaves no
+half-written model behind.
 """
 
 from __future__ import annotations
@@ -263,10 +264,13 @@ def pad(f, alignment: int) -> None:
     f.write(b"\0" * (-f.tell() % alignment))
 
 
-def quantize_model(src_path, dst_path, target: str, progress=None, dry_run: bool = False) -> QuantizeReport:
+def quantize_model(src_path, dst_path, target: str, progress=None, dry_run: bool = False,
+                   overwrite: bool = True) -> QuantizeReport:
     """Quantize the GGUF at src_path to `target` (see mixes.TARGETS), write dst_path.
 
-    progress(i, n, name, dst_type, elapsed_seconds) is called before each tensor."""
+    progress(i, n, name, dst_type, elapsed_seconds) is called before each tensor.
+    overwrite=False refuses to replace an existing dst_path (`tinyllm quantize` without
+    --force); the input itself is never replaced, whatever the path or link leading to it."""
     target = check_target(target)
     src_path = str(src_path)
     gguf = GGUFFile(src_path)             # TinyLLMError for a missing / non-GGUF file
@@ -279,27 +283,75 @@ def quantize_model(src_path, dst_path, target: str, progress=None, dry_run: bool
         if dry_run:
             return report
         dst_path = str(dst_path)
-        if os.path.exists(dst_path) and os.path.samefile(src_path, dst_path):
-            raise TinyLLMError(f"refusing to overwrite the input file {src_path}")
-        out_dir = os.path.dirname(os.path.abspath(dst_path))
-        if not os.path.isdir(out_dir):
-            raise TinyLLMError(f"output directory does not exist: {out_dir}")
-        if os.path.isdir(dst_path):
-            raise TinyLLMError(f"{dst_path} is a directory; give the output file's path")
-        tmp = dst_path + ".tmp"
-        try:
-            write_file(gguf, tensors, tmp, target, progress, t_start)
-            os.replace(tmp, dst_path)
-        except OSError as e:              # permissions, a full disk, a read-only or odd place
-            raise TinyLLMError(f"cannot write {dst_path}: {e.strerror or e}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        check_output_path(src_path, dst_path, overwrite)
+        write_atomically(dst_path, overwrite, lambda tmp: write_file(gguf, tensors, tmp, target,
+                                                                     progress, t_start))
         report.file_size = os.path.getsize(dst_path)
         report.seconds = time.time() - t_start
         return report
     finally:
         gguf.close()
+
+
+def check_output_path(src_path: str, dst_path: str, overwrite: bool) -> None:
+    """Refuse an output that is the input (same inode: a hard link or a symlink counts),
+    a directory, a missing directory, or (without overwrite) an existing file."""
+    out_dir = os.path.dirname(os.path.abspath(dst_path))
+    if not os.path.isdir(out_dir):
+        raise TinyLLMError(f"output directory does not exist: {out_dir}")
+    if os.path.isdir(dst_path):
+        raise TinyLLMError(f"{dst_path} is a directory; give the output file's path")
+    if os.path.exists(dst_path):
+        if os.path.samefile(src_path, dst_path):
+            raise TinyLLMError(f"refusing to overwrite the input file {src_path}")
+        if not overwrite:
+            raise TinyLLMError(f"{dst_path} already exists; pass --force to replace it")
+
+
+def write_atomically(dst_path: str, overwrite: bool, write) -> None:
+    """write(tmp) into a fresh temporary file beside dst_path, then move it into place.
+
+    The temporary name is unique (mkstemp creates it exclusively), so it can be neither
+    the input nor a file of the user's; an error, Ctrl-C or SIGTERM removes it, so an
+    interrupted run leaves nothing half-written behind.  Without overwrite the move is a
+    hard link, which fails if dst_path appeared in the meantime instead of replacing it."""
+    import signal
+    import tempfile
+    out_dir = os.path.dirname(os.path.abspath(dst_path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="." + os.path.basename(dst_path) + ".",
+                                   suffix=".tmp")
+    except OSError as e:
+        raise TinyLLMError(f"cannot write in {out_dir}: {e.strerror or e}") from None
+    os.close(fd)
+
+    def on_sigterm(signum, frame):        # becomes an exception, so the finally below runs
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:                    # not the main thread: no handler, no change
+        old = None
+    try:
+        write(tmp)
+        if overwrite:
+            os.replace(tmp, dst_path)
+        else:
+            try:
+                os.link(tmp, dst_path)    # no-clobber: EEXIST if dst_path exists
+            except FileExistsError:
+                raise TinyLLMError(f"{dst_path} already exists; pass --force to replace it") from None
+            except OSError:               # a file system without hard links (FAT)
+                if os.path.exists(dst_path):
+                    raise TinyLLMError(f"{dst_path} already exists; pass --force to replace it") from None
+                os.replace(tmp, dst_path)
+    except OSError as e:                  # permissions, a full disk, a read-only or odd place
+        raise TinyLLMError(f"cannot write {dst_path}: {e.strerror or e}") from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def write_file(gguf: GGUFFile, tensors: list, path: str, target: str, progress, t_start: float) -> None:
