@@ -387,7 +387,8 @@ def test_parse_keep_alive_rejects(value):
 
 
 def test_memory_check_refuses_what_does_not_fit(smollm2_path, monkeypatch):
-    """LOCAL CHECK (see serve.memory_needed): the plan's peak against MemAvailable."""
+    """The check run/chat use (memory.load_bytes against what is available), evicting nothing
+    when no other model is loaded."""
     need = serve.memory_needed(smollm2_path, 1024, "f16", True)
     assert need > os.path.getsize(smollm2_path) + 1024 * 30 * 3 * 128 * 2
     models = serve.Models({MODEL: smollm2_path}, 1024, "f16", True, None, 300.0, threading.Event())

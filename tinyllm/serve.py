@@ -137,31 +137,24 @@ def jsonable(v):
     return v
 
 
-# ---- the local memory check ---------------------------------------------------------------
+# ---- the memory check ---------------------------------------------------------------------
 
 def mem_available() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes (None where there is no /proc)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    """What this process can still use (memory.available_bytes: MemAvailable, or what
+    `ulimit -v` leaves); None where neither is known."""
+    from . import memory
+    return memory.available_bytes()[0]
 
 
 def memory_needed(path: str, n_ctx: int, kv_type: str, flash_attn: bool) -> int:
-    """What loading a model adds to RSS at its peak, from the header (memory.MemoryPlan):
-    the model file, a full KV cache and one batch of scratch; the runtime is already here.
-
-    LOCAL CHECK: the hardening work adds a memory check before loading to memory.py;
-    when it is on main, this function should become a call to it.
-    """
+    """What loading a model adds to this process at most, from its header: the same
+    figure `run` and `chat` check before loading (memory.load_bytes: the mapped file, a
+    full KV cache, one batch of scratch, tokenizer tables, kernels)."""
     from . import memory
     from .gguf_file import GGUFFile
-    plan = memory.MemoryPlan.from_gguf(GGUFFile(path), n_ctx, kv_type, 256, flash_attn, n_tokens=n_ctx)
-    return plan.peak
+    plan = memory.MemoryPlan.from_gguf(GGUFFile(path), n_ctx, kv_type, 256, flash_attn,
+                                       n_tokens=n_ctx, count_tokenizer=False)
+    return memory.load_bytes(plan)
 
 
 # ---- the models ---------------------------------------------------------------------------
