@@ -106,14 +106,15 @@ def make_types(tmp: Path) -> dict:
 # ---- the tinyllm side: runs in the dev venv (numba), called by the llama.cpp side -----------------
 def tinyllm_logits(path) -> np.ndarray:
     from tinyllm.model import Model
-    m = Model(str(path), n_ctx=64)
+    from tinyllm.startup import default_numerics
+    m = Model(str(path), n_ctx=64, numerics=default_numerics())
     return np.asarray(m.forward(PROMPT, 0), np.float32)
 
 
 def tinyllm_side(tmp: Path) -> None:
     """In tmp: quantize synthetic.F32.gguf to tiny.<T>.gguf for every target (unless there),
     then tinyllm's logits on tiny.<T> and llama.<T> -> tinyllm_<mode>.npz."""
-    from tinyllm.quant.activations import ROUND_LIKE_LLAMA_CPP
+    from tinyllm.startup import default_numerics
     from tinyllm.quantize.model import quantize_model
     out = {}
     for target in TARGETS:
@@ -126,7 +127,7 @@ def tinyllm_side(tmp: Path) -> None:
         out[f"sha256_{target}"] = hashlib.sha256(tiny.read_bytes()).hexdigest()
         out[f"tiny_{target}"] = tinyllm_logits(tiny)
         out[f"llama_{target}"] = tinyllm_logits(tmp / f"llama.{target}.gguf")
-    np.savez(tmp / f"tinyllm_{'llama' if ROUND_LIKE_LLAMA_CPP else 'exact'}.npz", **out)
+    np.savez(tmp / f"tinyllm_{'llama' if default_numerics() == 'llama' else 'exact'}.npz", **out)
 
 
 # ---- the llama.cpp side --------------------------------------------------------------------------

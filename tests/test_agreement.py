@@ -91,7 +91,7 @@ def greedy_steps_agreeing(model, name, kind, min_margin, exact):
         for _ in range(n):
             t = int(np.argmax(logits))
             ours.append(t)
-            logits = model.forward([t], pos, exact=exact)
+            logits = model.forward([t], pos, numerics="exact" if exact else "decode")
             pos += 1
         assert ours == ref[:n], (p["name"], ours, ref[:n])
         compared += n

@@ -49,29 +49,23 @@ def fix_malloc_mmap_threshold(nbytes: int = 256 * 1024) -> None:
 # ---- loading ---------------------------------------------------------------------------
 
 def open_model(args, quiet: bool = False):
-    """MODEL name/path -> (Model, Tokenizer). Pulls registry models that are missing."""
-    from . import attention, jit, ops
-    from .memory import measured
-    from .model import Model
-    from .registry import resolve
-    from .tokenizer import Tokenizer
+    """MODEL name/path -> (Model, Tokenizer), kernels warm (startup.open_model)."""
+    from .startup import open_model as start
+    return start(args.model, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"),
+                 flash_attn=getattr(args, "flash_attn", "on") == "on",
+                 threads=getattr(args, "threads", None), progress=_quiet if quiet else log)
 
-    path = resolve(args.model, pull_if_missing=True, log=log)
-    if getattr(args, "threads", None):
-        jit.set_threads(args.threads)
-    model = Model(path, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"),
-                  flash_attn=getattr(args, "flash_attn", "on") == "on")
-    tok = Tokenizer.from_gguf(model.gguf)
-    types = model.matrix_types()
-    anon_before = measured().rss_anon
-    jit.warmup(types, log=(lambda m: None) if quiet else log)
-    attention.warmup()
-    ops.warmup()
-    jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go
-    after = measured().rss_anon
-    # what loading the compiled kernels cost, for the memory ledger
-    model.kernels_bytes = after - anon_before if after is not None and anon_before is not None else None
-    return model, tok
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def cmd_warmup(args):
+    """Compile the kernels a model needs now (once, unattended), so its first start is quick."""
+    t0 = time.perf_counter()
+    model, _ = open_model(args)
+    log(f"kernels for {', '.join(model.matrix_types())} ({model.numerics} numerics) ready "
+        f"in {time.perf_counter() - t0:.1f} s")
 
 
 def _threads_arg(p):
@@ -101,9 +95,8 @@ def _sampling_args(p, temp=0.8):
 
 
 def _sampler(args):
-    from .sampling import Sampler, SamplerSettings
-    return Sampler(SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                                   min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed))
+    from .sampling import sampler_from_args
+    return sampler_from_args(args)
 
 
 # ---- verbs -----------------------------------------------------------------------------
@@ -281,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="a memory line at every generated token")
     _sampling_args(p)
     p.set_defaults(fn=cmd_chat)
+
+    p = sub.add_parser("warmup", help="compile a model's kernels ahead of its first start")
+    p.add_argument("model", help="registry name or path to a .gguf file")
+    p.set_defaults(fn=cmd_warmup)
 
     p = sub.add_parser("tokenize", help="print token ids as JSON")
     p.add_argument("model")

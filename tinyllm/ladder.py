@@ -162,7 +162,7 @@ def measure(files: list, base, tok, text: str, ctx: int, windows) -> list:
     """Size, perplexity and KLD against the base model of every ladder file.  The base runs
     over the text once; each file's model follows it batch by batch.  All files are open
     (memory-mapped) at once, so RSS grows towards the sum of their sizes."""
-    from . import jit
+    from .startup import default_numerics, warm_kernels
     from .inspect import summarize
     from .model import Model
     from .perplexity import perplexity_kld
@@ -172,8 +172,8 @@ def measure(files: list, base, tok, text: str, ctx: int, windows) -> list:
         if os.path.samefile(path, base.path):
             models.append(base)           # the base against itself: KLD exactly 0
         else:
-            models.append(Model(path, n_ctx=ctx))
-            jit.warmup(models[-1].matrix_types(), log=log)
+            models.append(Model(path, n_ctx=ctx, numerics=default_numerics()))
+            warm_kernels(models[-1].matrix_types(), progress=log)
 
     def progress(i, n, stats):
         log(f"window {i}/{n}: mean KLD " + ", ".join(f"{label} {st.kld.mean():.3g}"
@@ -251,7 +251,7 @@ def plot(path: Path, rows: list, title: str) -> bool:
 # ---- the verb --------------------------------------------------------------------------------
 
 def run(args):
-    from . import jit
+    from .startup import default_numerics, warm_kernels
     from .gguf_file import GGUFFile
     from .model import Model
     from .registry import models_dir, resolve
@@ -291,9 +291,9 @@ def run(args):
 
     files = [(f"{src_type} (src)", src)] + [(t, quantized_file(src, out, t)) for t in types]
 
-    base = Model(src, n_ctx=args.ctx)
+    base = Model(src, n_ctx=args.ctx, numerics=default_numerics())
     tok = Tokenizer.from_gguf(base.gguf)
-    jit.warmup(sorted({t.type_name for t in g.tensors.values()}), log=log)
+    warm_kernels(sorted({t.type_name for t in g.tensors.values()}), progress=log)
     log(f"perplexity and KLD on {text_path.name}")
     rows = measure(files, base, tok, text, args.ctx, windows)
     for r in rows:

@@ -27,7 +27,8 @@ from .gguf_file import GGUFFile
 from .kvcache import KVCache
 from .memory import FFN_TOKENS
 from .ops import gelu_tanh, rms_norm, rope, rope_cache, silu
-from .quant import QTensor, linear
+from .quant import NUMERICS, QTensor
+from .quant import linear as _linear
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 
@@ -182,7 +183,11 @@ class Weights:
 class Model:
     """Config + weights (memory-mapped) + KV cache: everything one conversation needs."""
 
-    def __init__(self, path: str, n_ctx: int | None = None, kv_type: str = "f16", flash_attn: bool = True):
+    def __init__(self, path: str, n_ctx: int | None = None, kv_type: str = "f16", flash_attn: bool = True,
+                 numerics: str = "decode"):
+        if numerics not in NUMERICS:
+            raise TinyLLMError(f"numerics {numerics!r}: expected one of {', '.join(NUMERICS)}")
+        self.numerics = numerics       # what x looks like in the dot products (quant/__init__.py)
         self.gguf = GGUFFile(path)
         self.path = path
         self.cfg = Config.from_gguf(self.gguf)
@@ -204,20 +209,25 @@ class Model:
     def reset(self) -> None:
         self.cache.truncate(0)
 
-    def forward(self, tokens, pos: int, all_logits: bool = False, exact: bool = False) -> np.ndarray:
-        return forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits, exact)
+    def forward(self, tokens, pos: int, all_logits: bool = False, numerics: str | None = None) -> np.ndarray:
+        """numerics: this call's, else the model's (quant/__init__.py)."""
+        return forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits,
+                       numerics or self.numerics)
 
 
 def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
-            all_logits: bool = False, exact: bool = False) -> np.ndarray:
+            all_logits: bool = False, numerics: str = "decode") -> np.ndarray:
     """Run tokens (at positions pos..pos+T-1) through the model, filling the KV cache.
 
-    Returns logits [T, V] if all_logits else [V] for the last token.  A one-token step
-    rounds activations to 8 bits inside the int8 matvecs, as llama.cpp does, unless
-    exact (quant/activations.py).
+    Returns logits [T, V] if all_logits else [V] for the last token.  Under numerics
+    "decode" a one-token step rounds activations to 8 bits inside the int8 matvecs, as
+    llama.cpp does; "exact" never rounds them, "llama" always (quant/activations.py).
     """
     T = len(tokens)
-    dec = T == 1 and not exact     # a decode step: int8 dot products where the format has them
+
+    def linear(x, w, out=None):    # y = x W^T, under this call's numerics (T == 1: a decode step)
+        return _linear(x, w, out, decode=T == 1, numerics=numerics)
+
     H, Hkv, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
     positions = np.arange(pos, pos + T)
     rope_global = rope_cache(positions, cfg.rope_dim, cfg.rope_freq_base, w.rope_freqs, cfg.rope_freq_scale)
@@ -234,9 +244,9 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
 
         # ---- attention: x += Wo . attention(rope(Wq h), rope(Wk h), Wv h),  h = norm(x)
         h = rms_norm(x, L.attn_norm, cfg.norm_eps)                     # [T, E]
-        q = linear(h, L.wq, decode=dec)                                # [T, H*D]
-        k = linear(h, L.wk, decode=dec)                                # [T, Hkv*D]
-        v = linear(h, L.wv, decode=dec)                                # [T, Hkv*Dv]
+        q = linear(h, L.wq)                                # [T, H*D]
+        k = linear(h, L.wk)                                # [T, Hkv*D]
+        v = linear(h, L.wv)                                # [T, Hkv*Dv]
         del h                                   # freed before attention allocates: a lower peak
         if L.bq is not None:
             q, k, v = q + L.bq, k + L.bk, v + L.bv
@@ -249,7 +259,7 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         cache.store(il, pos, k, v)
         n_kv = pos + T
         a = attention(q, cache.view(il, n_kv), pos, cfg.attn_scale, window, cache.flash_attn)
-        a = linear(a.reshape(T, H * cfg.head_dim_v), L.wo, decode=dec)  # [T, E]
+        a = linear(a.reshape(T, H * cfg.head_dim_v), L.wo)  # [T, E]
         if L.post_attn_norm is not None:
             a = rms_norm(a, L.post_attn_norm, cfg.norm_eps)
         x = x + a
@@ -259,17 +269,17 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         f = np.empty_like(x)                                           # [T, E]
         for t0 in range(0, T, FFN_TOKENS):        # [T, F] is a prefill's largest scratch: a slice at a time
             hs = h[t0:t0 + FFN_TOKENS]
-            gate = linear(hs, L.w_gate, decode=dec)                    # [t, F]
-            up = linear(hs, L.w_up, decode=dec)                        # [t, F]
+            gate = linear(hs, L.w_gate)                    # [t, F]
+            up = linear(hs, L.w_up)                        # [t, F]
             act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
             del gate
             act *= up                                                  # [t, F], in place
-            linear(act, L.w_down, out=f[t0:t0 + FFN_TOKENS], decode=dec)  # [t, E]
+            linear(act, L.w_down, out=f[t0:t0 + FFN_TOKENS])  # [t, E]
         if L.post_ffn_norm is not None:
             f = rms_norm(f, L.post_ffn_norm, cfg.norm_eps)
         x = x + f
 
     x = x if all_logits else x[-1:]
     x = rms_norm(x, w.output_norm, cfg.norm_eps)
-    logits = linear(x, w.output, decode=dec)                           # [T or 1, V]
+    logits = linear(x, w.output)                           # [T or 1, V]
     return logits if all_logits else logits[0]
