@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from synthetic_gguf import write_model  # noqa: E402
 
 from tinyllm.gguf_file import GGUFFile  # noqa: E402
-from tinyllm.quantize import mixes  # noqa: E402
+from tinyllm.tools.quantize import mixes  # noqa: E402
 
 FX = FIXTURES / "quant_models"
 TYPES = json.loads((FX / "types.json").read_text())
@@ -102,7 +102,7 @@ def test_mix_rules_by_hand():
 @pytest.fixture(scope="module")
 def quantized(synthetic_f32):
     """target -> (path, report) for every target, quantized once for the module."""
-    from tinyllm.quantize.model import quantize_model
+    from tinyllm.tools.quantize.model import quantize_model
     out = {}
     for target in TARGETS:
         path = synthetic_f32.parent / f"synthetic.{target}.gguf"
@@ -140,7 +140,7 @@ def test_tensor_bytes_equal_llama_cpp_quantizer(target, quantized):
 
 def test_requantize_copies_same_type_tensors(quantized, tmp_path):
     """Q8_0 -> Q8_0 copies every tensor byte for byte (no second rounding)."""
-    from tinyllm.quantize.model import quantize_model
+    from tinyllm.tools.quantize.model import quantize_model
     src, _ = quantized["Q8_0"]
     quantize_model(src, tmp_path / "again.gguf", "Q8_0")
     a, b = GGUFFile(str(src)), GGUFFile(str(tmp_path / "again.gguf"))

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import memory
+from .tools import memory
 from .chat_template import ChatTemplate
 from .errors import TinyLLMError
 from .generate import Session, Stats

@@ -22,7 +22,7 @@ def log(msg: str) -> None:
 
 def peak_rss_mib() -> float:
     """The most resident memory this process has had (VmHWM), in MiB (2^20 bytes)."""
-    from .memory import measured
+    from .tools.memory import measured
     m = measured()
     return (m.peak_rss if m.peak_rss is not None else m.rss) / 2**20
 
@@ -146,7 +146,7 @@ def cmd_tokenize(args):
 
 
 def cmd_perplexity(args):
-    from .perplexity import perplexity, perplexity_kld
+    from .tools.perplexity import perplexity, perplexity_kld
     args.ctx = 512 if args.ctx is None else args.ctx   # --ctx is the window length here
     if args.windows is not None and args.windows <= 0:
         raise TinyLLMError(f"--windows must be positive, got {args.windows}")
@@ -157,7 +157,7 @@ def cmd_perplexity(args):
         raise TinyLLMError(f"cannot read {args.file}: {e.strerror}") from None
     model, tok = open_model(args, quiet=args.json)
     if args.kld_base:
-        from .kld import format_summary
+        from .tools.kld import format_summary
         base_args = argparse.Namespace(**{**vars(args), "model": args.kld_base})
         base, _ = open_model(base_args, quiet=True)
         stats = perplexity_kld(model, base, tok, text, args.ctx, max_windows=args.windows, progress=(
@@ -182,7 +182,7 @@ def cmd_perplexity(args):
 def cmd_bench(args):
     import numpy as np
 
-    from . import memory
+    from .tools import memory
     baseline = memory.measure_runtime_baseline()
     model, tok = open_model(args, quiet=args.json)
     rng = np.random.default_rng(0)
@@ -219,7 +219,7 @@ def cmd_bench(args):
 
 
 def cmd_mem(args):
-    from . import memory
+    from .tools import memory
     from .gguf_file import GGUFFile
     from .registry import resolve
     flash = args.flash_attn == "on"
@@ -313,9 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Verbs whose code lives in their own modules: each module has add_arguments(p) and run(args).
     for verb, module, help_ in (
-            ("quantize", "tinyllm.quantize.cli", "re-quantize a GGUF into another type (F16 ... Q2_K, _S/_M/_L mixes)"),
-            ("inspect", "tinyllm.inspect", "tensors, types and sizes of a GGUF; one quantized block laid open"),
-            ("ladder", "tinyllm.ladder", "quantize a model into each type and compare size, quality, speed")):
+            ("quantize", "tinyllm.tools.quantize.cli", "re-quantize a GGUF into another type (F16 ... Q2_K, _S/_M/_L mixes)"),
+            ("inspect", "tinyllm.tools.inspect", "tensors, types and sizes of a GGUF; one quantized block laid open"),
+            ("ladder", "tinyllm.tools.ladder", "quantize a model into each type and compare size, quality, speed")):
         p = sub.add_parser(verb, help=help_)
         mod = importlib.import_module(module)
         mod.add_arguments(p)

@@ -91,7 +91,7 @@ def open_model(model: str, n_ctx: int | None = None, kv_type: str = "f16", flash
 
 def warm_model(model, progress=_quiet) -> None:
     """The kernels of this model's formats under its numerics, then LLVM's pages let go."""
-    from .memory import measured
+    from .tools.memory import measured
     anon_before = measured().rss_anon
     warm_kernels(model.matrix_types(), model.numerics, progress)
     jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go

@@ -39,7 +39,7 @@ def nibbles(qs: np.ndarray) -> np.ndarray:
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
 
 
-# ---- numpy helpers of the quantizers (the formats' quantize_*, and tinyllm/quantize) ----------
+# ---- numpy helpers of the quantizers (the formats' quantize_*, and tinyllm/tools/quantize) ----------
 def f16_bytes(v: np.ndarray) -> np.ndarray:
     """(n,) float32 -> (n, 2) uint8: little-endian f16."""
     return np.asarray(v, np.float32).astype(np.float16).reshape(-1, 1).view(np.uint8)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
+from ...ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from . import blocks, iq4, kquants
 
 # name -> quantize_blocks: (n, block_size) float32 -> (n, type_size) uint8

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..quant.common import f16_bytes, inverse, pack_nibbles, signed_absmax
-from ..quant.q4 import _symmetric, quantize_q4_0
-from ..quant.q8_0 import quantize_q8_0
+from ...quant.common import f16_bytes, inverse, pack_nibbles, signed_absmax
+from ...quant.q4 import _symmetric, quantize_q4_0
+from ...quant.q8_0 import quantize_q8_0
 
 F32 = np.float32
 
