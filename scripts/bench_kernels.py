@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_kernels.py --overhead      # per-call cost on tiny matrices
 
 The matvec columns time a decode step (linear(..., decode=True)): int8 activations for
-Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K (decode_q8.py); TINYLLM_ACTIVATIONS=exact times the float
+Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K (their matvec_int8); --numerics exact times the float
 kernels (decode.py) instead.
 
 Weights are random blocks made by gguf's quantizer (or random bytes with sane
@@ -21,6 +21,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, quants
 
 from tinyllm import jit
+from tinyllm.startup import default_numerics, warm_kernels
 from tinyllm.quant import FORMATS, QTensor, linear
 
 SHAPES = [(5632, 2048), (2048, 5632), (576, 576), (1536, 576), (262144, 640)]   # (n_rows, n_cols)
@@ -61,6 +62,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=128, help="T for the prefill matmul")
     ap.add_argument("--overhead", action="store_true", help="also time tiny matvecs")
     ap.add_argument("--no-matmul", action="store_true")
+    ap.add_argument("--numerics", default=default_numerics(), choices=["decode", "exact", "llama"],
+                    help="exact: the float decode kernels (default: TINYLLM_ACTIVATIONS, else decode)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     threads = [int(t) for t in args.threads.split(",")]
@@ -69,7 +72,7 @@ def main():
         f"{'mv ' + str(n) + 't':>14s}" for n in threads) + (
         "" if args.no_matmul else f"   prefill T={args.tokens} GFLOP/s"))
     for name in args.types:
-        jit.warmup([name], log=lambda s: print("  " + s))
+        warm_kernels([name], args.numerics, progress=lambda s: print("  " + s))
         for n_rows, n_cols in SHAPES:
             if n_cols % FORMATS[name].block_size:
                 continue
@@ -79,7 +82,7 @@ def main():
             cells = []
             for th in threads:
                 jit.set_threads(th)
-                dt = best_time(lambda: linear(x, w, y, decode=True))
+                dt = best_time(lambda: linear(x, w, y, decode=True, numerics=args.numerics))
                 cells.append(f"{dt * 1e6:7.0f}us {w.nbytes / dt / 1e9:4.1f}")
             line = f"{name:6s} {n_rows:>6d}x{n_cols:<5d} {w.nbytes / 1e6:7.1f} " + " ".join(
                 f"{c:>14s}" for c in cells)
@@ -89,7 +92,7 @@ def main():
                 cells = []
                 for th in threads:
                     jit.set_threads(th)
-                    dt = best_time(lambda: linear(X, w, Y), min_time=1.0, min_calls=3)
+                    dt = best_time(lambda: linear(X, w, Y, numerics=args.numerics), min_time=1.0, min_calls=3)
                     cells.append(f"{2 * n_rows * n_cols * args.tokens / dt / 1e9:5.1f}")
                 line += "   " + " / ".join(cells)
             print(line, flush=True)
@@ -104,7 +107,7 @@ def main():
                 cells = []
                 for th in threads:
                     jit.set_threads(th)
-                    cells.append(f"{best_time(lambda: linear(x, w, y, decode=True)) * 1e6:6.1f}us")
+                    cells.append(f"{best_time(lambda: linear(x, w, y, decode=True, numerics=args.numerics)) * 1e6:6.1f}us")
                 print(f"{name:6s} {n_rows:>6d}x{n_cols:<5d} per call: " + "  ".join(cells))
 
 

@@ -3,7 +3,7 @@
     /work/refenv/venv/bin/python scripts/make_ladder_fixtures.py            # the fixture, ~10 min
     /work/refenv/venv/bin/python scripts/make_ladder_fixtures.py --table    # the F32-source table, ~45 min
 
-Fixture (default): for each type `tinyllm ladder` makes by default (tinyllm.ladder.
+Fixture (default): for each type `tinyllm ladder` makes by default (tinyllm.tools.ladder.
 DEFAULT_TYPES), quantize the pulled SmolLM2-135M-Instruct.Q4_1.gguf -- the only SmolLM2
 file CI has -- with tinyllm's own quantizer (`tinyllm quantize`, run by the dev venv),
 record the file's sha256 and, on the ladder's default windows (--ctx 512, --windows 4)
@@ -30,12 +30,12 @@ fresh quantization and the table says whether it matches), on --ctx 512 x --wind
 markdown table and writes it to --ladder-dir/llama_cpp_vs_tinyllm.json.  Not a fixture:
 the whole-text numbers behind the tolerances of the test.
 
-Windows are those of tinyllm.perplexity and of make_fixtures.py: the text tokenized
+Windows are those of tinyllm.tools.perplexity and of make_fixtures.py: the text tokenized
 without BOS, cut into non-overlapping windows of ctx tokens, each evaluated from an
 empty KV cache, every token after a window's first scored (ctx - 1 per window).
 llama.cpp runs with 1 thread (n_batch >= ctx: one batch per window); tinyllm with
 --threads 1.  The tinyllm side never runs in this process, which never mixes
-llama_cpp with tinyllm's numba kernels (only tinyllm.ladder's list of types and the
+llama_cpp with tinyllm's numba kernels (only tinyllm.tools.ladder's list of types and the
 pure-numpy GGUF reader are imported here).
 """
 
@@ -60,7 +60,7 @@ from llama_cpp import Llama
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tinyllm.gguf_file import GGUFFile  # noqa: E402  (pure numpy)
-from tinyllm.ladder import DEFAULT_TYPES  # noqa: E402  (imports nothing heavy)
+from tinyllm.tools.ladder import DEFAULT_TYPES  # noqa: E402  (imports nothing heavy)
 from tinyllm.registry import sha256_file as sha256  # noqa: E402  (stdlib only)
 
 MODELS = ROOT / "models"
@@ -217,7 +217,7 @@ def make_fixture(args, types: list) -> None:
         "ctx": args.ctx,
         "windows": len(windows),
         "window_ids": windows,
-        "quantizer": "tinyllm.quantize.model.quantize_model (`tinyllm quantize SRC DST --type T`), from the file above",
+        "quantizer": "tinyllm.tools.quantize.model.quantize_model (`tinyllm quantize SRC DST --type T`), from the file above",
         "method": (
             "tokens = llama.cpp tokenize(text, add_bos=False, special=False); window w = "
             "tokens[w*ctx:(w+1)*ctx] for w < windows (first token -> BOS if the vocab adds BOS); "

@@ -9,11 +9,11 @@ Writes tests/fixtures/quant_models/:
                llama.cpp's quantizer (llama_model_quantize, no imatrix) gave every
                tensor, as one space-separated string in the file's tensor order.
                The real models are quantized from their F32 copies in models/;
-               tests check tinyllm.quantize.mixes against this with only the
+               tests check tinyllm.tools.quantize.mixes against this with only the
                headers of the quantized copies CI has.
   logits_1.npz, logits_2.npz (legacy targets, k-quant targets)
                for the synthetic model and each target: the sha256 of the file
-               tinyllm.quantize.model writes, and llama.cpp's final-position logits
+               tinyllm.tools.quantize.model writes, and llama.cpp's final-position logits
                (float16) on PROMPT when it runs that file.  tests rebuild the
                synthetic F32 model, quantize it, check the sha256 (so llama.cpp ran
                exactly those bytes) and compare tinyllm's logits.
@@ -106,15 +106,16 @@ def make_types(tmp: Path) -> dict:
 # ---- the tinyllm side: runs in the dev venv (numba), called by the llama.cpp side -----------------
 def tinyllm_logits(path) -> np.ndarray:
     from tinyllm.model import Model
-    m = Model(str(path), n_ctx=64)
+    from tinyllm.startup import default_numerics
+    m = Model(str(path), n_ctx=64, numerics=default_numerics())
     return np.asarray(m.forward(PROMPT, 0), np.float32)
 
 
 def tinyllm_side(tmp: Path) -> None:
     """In tmp: quantize synthetic.F32.gguf to tiny.<T>.gguf for every target (unless there),
     then tinyllm's logits on tiny.<T> and llama.<T> -> tinyllm_<mode>.npz."""
-    from tinyllm.quant.activations import ROUND_LIKE_LLAMA_CPP
-    from tinyllm.quantize.model import quantize_model
+    from tinyllm.startup import default_numerics
+    from tinyllm.tools.quantize.model import quantize_model
     out = {}
     for target in TARGETS:
         tiny = tmp / f"tiny.{target}.gguf"
@@ -126,7 +127,7 @@ def tinyllm_side(tmp: Path) -> None:
         out[f"sha256_{target}"] = hashlib.sha256(tiny.read_bytes()).hexdigest()
         out[f"tiny_{target}"] = tinyllm_logits(tiny)
         out[f"llama_{target}"] = tinyllm_logits(tmp / f"llama.{target}.gguf")
-    np.savez(tmp / f"tinyllm_{'llama' if ROUND_LIKE_LLAMA_CPP else 'exact'}.npz", **out)
+    np.savez(tmp / f"tinyllm_{'llama' if default_numerics() == 'llama' else 'exact'}.npz", **out)
 
 
 # ---- the llama.cpp side --------------------------------------------------------------------------
@@ -217,8 +218,8 @@ def save_logits(fixture: dict) -> None:
 
 
 def type_differences(types: dict) -> dict:
-    """Per model and target: tensors where tinyllm.quantize.mixes disagrees with llama.cpp."""
-    from tinyllm.quantize.mixes import ModelInfo, choose_types
+    """Per model and target: tensors where tinyllm.tools.quantize.mixes disagrees with llama.cpp."""
+    from tinyllm.tools.quantize.mixes import ModelInfo, choose_types
     files = {"smollm2-135m": ROOT / "models" / REAL["smollm2-135m"],
              "gemma3-270m": ROOT / "models" / REAL["gemma3-270m"]}
     out = {}

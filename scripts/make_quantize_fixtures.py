@@ -8,14 +8,14 @@ overwrites two of its tensors with harder data (EDGE_TENSOR: rows of zeros, cons
 tiny and subnormal values, outliers, one-signed rows, sparse sub-blocks; HEAVY_TENSOR:
 heavy-tailed weights, like real ones).  llama.cpp quantizes the file with
 llama_model_quantize (params.pure: every matrix to the one type, no importance matrix)
-into each type of tinyllm.quantize.QUANTIZABLE; the quantized tensors are read back
+into each type of tinyllm.tools.quantize.QUANTIZABLE; the quantized tensors are read back
 (tinyllm.gguf_file + gguf.quants.dequantize) and tests/fixtures/quantize/llama_cpp_rmse.json
 keeps, per type and tensor, the RMSE against the F32 input and the sha256 of llama.cpp's
 bytes, with the model parameters and the F32 file's sha256 (the test rebuilds the same
 input and checks it).  The script also prints tinyllm's RMSE ratio and byte agreement.
 
 --real also compares on SmolLM2's F32 copy in models/ (local only; printed, not stored).
---time only times tinyllm.quantize.quantize_rows per type on all of SmolLM2's F32 weights
+--time only times tinyllm.tools.quantize.quantize_rows per type on all of SmolLM2's F32 weights
 (135M, reshaped to rows of 1536 so every type applies); needs no llama.cpp.
 """
 
@@ -145,7 +145,7 @@ def quantized(path, names) -> dict:
 def compare(weights: dict, llama: dict, label: str) -> dict:
     """Per type: tinyllm / llama.cpp RMSE ratio (worst tensor, and over all weights), bytes equal."""
     import gguf
-    from tinyllm.quantize import quantize_rows
+    from tinyllm.tools.quantize import quantize_rows
     rows = {}
     for name, x in weights.items():
         T, raw, deq = llama[name]
@@ -177,7 +177,7 @@ def compare(weights: dict, llama: dict, label: str) -> dict:
 
 
 def time_smollm2():
-    from tinyllm.quantize import QUANTIZABLE, quantize_rows
+    from tinyllm.tools.quantize import QUANTIZABLE, quantize_rows
     weights = matrices(ROOT / "models" / "SmolLM2-135M-Instruct.F32.gguf")
     x = np.concatenate([w.reshape(-1) for w in weights.values()]).reshape(-1, 1536)
     print(f"{x.size / 1e6:.1f}M weights as {x.shape}, one thread")
@@ -197,7 +197,7 @@ def main():
     if a.time:
         return time_smollm2()
     import llama_cpp
-    from tinyllm.quantize import QUANTIZABLE
+    from tinyllm.tools.quantize import QUANTIZABLE
     fixture = dict(model=MODEL, edge_tensor=EDGE_TENSOR, heavy_tensor=HEAVY_TENSOR,
                    overlay_seed=OVERLAY_SEED, llama_cpp_python=llama_cpp.__version__,
                    rmse={}, sha256={})

@@ -1,7 +1,7 @@
 """Record the buffer sizes llama.cpp logs for the real test models -> tests/fixtures/llama_cpp_buffers.json.
 
 Ollama >= 0.30 reports the sum of llama.cpp's "... buffer size = X MiB" lines as
-SIZE; tinyllm.ollama.llama_server_buffers() predicts them from the header.  This
+SIZE; tinyllm.tools.ollama.llama_server_buffers() predicts them from the header.  This
 script loads each model with llama-cpp-python at a few settings and keeps the
 lines, so tests/test_ollama.py can check the prediction against real llama.cpp
 without needing llama-cpp-python itself.

@@ -45,7 +45,7 @@ def smollm2(smollm2_path):
 
 def kl(p_logits, q_logits) -> float:
     """KL(p || q) of the softmax distributions of two logit vectors, in nats (float64)."""
-    from tinyllm.perplexity import log_softmax
+    from tinyllm.tools.perplexity import log_softmax
     lp, lq = log_softmax(p_logits), log_softmax(q_logits)
     return float(np.sum(np.exp(lp) * (lp - lq)))
 

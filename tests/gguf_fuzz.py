@@ -346,7 +346,7 @@ def load(path) -> str:
     model's dimensions (the config and the memory plan's shape).  'ok' or 'error'."""
     from tinyllm.errors import TinyLLMError
     from tinyllm.gguf_file import GGUFFile
-    from tinyllm.memory import ModelShape
+    from tinyllm.tools.memory import ModelShape
     from tinyllm.model import Config
     try:
         g = GGUFFile(path)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, kl
-from tinyllm.perplexity import log_softmax
+from tinyllm.tools.perplexity import log_softmax
 
 
 def kl_vs_reference(meta, npz, which, i, ours) -> float:
@@ -91,7 +91,7 @@ def greedy_steps_agreeing(model, name, kind, min_margin, exact):
         for _ in range(n):
             t = int(np.argmax(logits))
             ours.append(t)
-            logits = model.forward([t], pos, exact=exact)
+            logits = model.forward([t], pos, numerics="exact" if exact else "decode")
             pos += 1
         assert ours == ref[:n], (p["name"], ours, ref[:n])
         compared += n
@@ -131,7 +131,7 @@ def _reference_ppl(name, which, n_win, n_scored):
 def test_perplexity_matches_llama_cpp(case, alice_text):
     """Same windows as llama.cpp: 10 windows of 512 tokens (5,110 scored tokens).
     Exact activations compute what llama.cpp computes on the F32 copy: tight."""
-    from tinyllm.perplexity import perplexity
+    from tinyllm.tools.perplexity import perplexity
     name, model, tok, meta, npz = case
     res = perplexity(model, tok, alice_text, 512, max_windows=10)
     assert res.n_scored == 10 * 511 >= 5000

@@ -125,7 +125,7 @@ def kl(p_logits, q_logits):
 
 def dequantized_to_f32(model):
     """Swap every quantized weight matrix of a loaded model for its F32 dequantization.
-    Only needed with TINYLLM_ACTIVATIONS=llama: linear() then rounds activations to 8 bits
+    Only needed with numerics "llama" (TINYLLM_ACTIVATIONS=llama): linear() then rounds activations to 8 bits
     first, and a 1e-7 change anywhere flips some of those roundings (KL ~1e-3 between runs
     that differ only in float summation order).  F32 weights take activations as they are."""
     from tinyllm.quant import QTensor
@@ -145,10 +145,11 @@ def dequantized_to_f32(model):
 
 def run_model(path, ids, kv_type, flash, n_decode=4, n_ctx=1024, f32_weights=False, cache=None):
     """Prefill ids in batches of 256, then decode n_decode greedy tokens; logits of every step.
-    Decode steps keep activations as they are (exact=True): the tests compare attention
+    Decode steps keep activations as they are (numerics="exact"): the tests compare attention
     variants, and 8-bit rounding would amplify their ulp differences (see above)."""
     from tinyllm.model import Model
-    m = Model(path, n_ctx=n_ctx, kv_type=kv_type, flash_attn=flash)
+    from tinyllm.startup import default_numerics
+    m = Model(path, n_ctx=n_ctx, kv_type=kv_type, flash_attn=flash, numerics=default_numerics())
     if f32_weights:
         dequantized_to_f32(m)
     if cache is not None:
@@ -159,7 +160,7 @@ def run_model(path, ids, kv_type, flash, n_decode=4, n_ctx=1024, f32_weights=Fal
         pos = s + len(ids[s:s + 256])
     logits.append(out)
     for i in range(n_decode):
-        out = m.forward([int(np.argmax(out))], pos, exact=True)
+        out = m.forward([int(np.argmax(out))], pos, numerics="exact")
         pos += 1
         logits.append(out)
     return np.array(logits), m
@@ -177,8 +178,8 @@ def encode_alice(path, n_chars, n_tokens):
 
 
 def exact_activations():
-    from tinyllm.quant import activations
-    return not activations.ROUND_LIKE_LLAMA_CPP
+    from tinyllm.startup import default_numerics
+    return default_numerics() != "llama"
 
 
 def test_smollm2_flash_vs_classic(smollm2_path):

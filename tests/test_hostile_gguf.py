@@ -155,7 +155,7 @@ def test_number_of_dimensions(tmp_path, n_dims):
 ])
 def test_hyperparameters_of_the_wrong_type_or_range(tmp_path, smollm2_path, key, value, needle):
     """A real header with one hyperparameter replaced: Config and the memory plan refuse it."""
-    from tinyllm.memory import ModelShape
+    from tinyllm.tools.memory import ModelShape
     from tinyllm.model import Config
     seed = gguf_fuzz.map_seed("smollm2", gguf_fuzz.shrink(gguf_fuzz.header_of(smollm2_path)))
     g0 = write(tmp_path, seed.header, seed.file_size, "seed.gguf")

@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType, quants
 from conftest import run_cli
 from tinyllm.errors import TinyLLMError
 from tinyllm.gguf_file import GGUFFile
-from tinyllm.inspect import block_bytes, block_view, find_tensor, reference_values, summarize
+from tinyllm.tools.inspect import block_bytes, block_view, find_tensor, reference_values, summarize
 from tinyllm.quant import FORMATS, supported_types
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def test_cli_block_output(gemma3_path):
 def test_ref_gives_the_original_values_and_the_error(tmp_path):
     """A Q4_0 copy of a synthetic F32 model against that F32 file: --ref shows the F32
     block and the rounding error."""
-    from tinyllm.quantize.model import quantize_model
+    from tinyllm.tools.quantize.model import quantize_model
     src = write_model(tmp_path / "f32.gguf", "llama", n_layer=1, n_embd=256, n_ff=512, n_vocab=2048, seed=3)
     dst = tmp_path / "q4_0.gguf"
     quantize_model(src, dst, "Q4_0")

@@ -77,14 +77,15 @@ def test_rebuilt_file_is_the_one_llama_cpp_ran(T, iq4_files):
     g.close()
 
 
-def tinyllm_logits(path: str) -> dict:
+def tinyllm_logits(path: str, numerics: str = "decode") -> dict:
     """Per prompt, tinyllm's final-position logits: the prompt in one forward ("batch"),
     and all but the last token then the last one alone ("decode", the one-row kernels)."""
     from tinyllm.model import Model
     out = {"batch": [], "decode": []}
     for ids in SPEC["prompts"]:
-        out["batch"].append(np.asarray(Model(path, n_ctx=64).forward(ids, 0), np.float32).tolist())
-        m = Model(path, n_ctx=64)
+        out["batch"].append(np.asarray(Model(path, n_ctx=64, numerics=numerics).forward(ids, 0),
+                                       np.float32).tolist())
+        m = Model(path, n_ctx=64, numerics=numerics)
         m.forward(ids[:-1], 0)
         out["decode"].append(np.asarray(m.forward(ids[-1:], len(ids) - 1), np.float32).tolist())
     return out
@@ -128,7 +129,7 @@ def test_logits_agree_with_llama_cpp(T, iq4_files):
 
 @pytest.mark.parametrize("T", TYPES)
 def test_logits_agree_with_llama_cpp_rounding_activations(T, iq4_files):
-    """The same with TINYLLM_ACTIVATIONS=llama (read at import: a fresh process), which
+    """The same with numerics="llama", which
     rounds x to Q8_0 (IQ4_NL) or Q8_K (IQ4_XS) blocks before each product, as llama.cpp
     does.  Measured, prompts 0 / 1: KL 5.3e-5 / 9.7e-5 (IQ4_NL), 1.1e-4 / 1.4e-4 (IQ4_XS),
     about half the default mode's.  Not ~0 even with one layer: with one matrix of an
@@ -136,9 +137,4 @@ def test_logits_agree_with_llama_cpp_rounding_activations(T, iq4_files):
     mode: 4e-6..1e-4), but once every matrix rounds, float-order differences of ~1e-7
     upstream flip some int8 roundings downstream and those flips feed the next products."""
     path, arrays = iq4_files[T]
-    code = ("import json, sys; sys.path.insert(0, 'tests'); import test_iq4_models as t; "
-            f"print(json.dumps(t.tinyllm_logits({str(path)!r})))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env=dict(os.environ, TINYLLM_ACTIVATIONS="llama"), timeout=600)
-    assert r.returncode == 0, r.stderr
-    check(T, arrays, json.loads(r.stdout.splitlines()[-1]), "llama")
+    check(T, arrays, tinyllm_logits(str(path), numerics="llama"), "llama")

@@ -14,8 +14,8 @@ import pytest
 from conftest import FIXTURES, ROOT, kl, run_cli
 from tinyllm.errors import TinyLLMError
 from tinyllm.gguf_file import GGUFFile
-from tinyllm.kld import KLDStats, check_same_vocabulary, kl_divergence
-from tinyllm.perplexity import log_softmax, perplexity, perplexity_kld
+from tinyllm.tools.kld import KLDStats, check_same_vocabulary, kl_divergence
+from tinyllm.tools.perplexity import log_softmax, perplexity, perplexity_kld
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from synthetic_gguf import write_model  # noqa: E402

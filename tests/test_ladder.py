@@ -86,7 +86,7 @@ def test_ladder_perplexity_equals_tinyllm_perplexity(ladder):
 
 
 def test_cached_rungs_are_reused(ladder):
-    from tinyllm.ladder import quantized_file
+    from tinyllm.tools.ladder import quantized_file
     src, out, r = ladder
     before = os.stat(out / "Q8_0.gguf").st_mtime_ns
     assert quantized_file(src, out, "Q8_0") == str(out / "Q8_0.gguf")
@@ -94,7 +94,7 @@ def test_cached_rungs_are_reused(ladder):
 
 
 def test_quantized_source_is_named_and_bad_types_are_errors(smollm2_path):
-    from tinyllm.ladder import is_quantized, parse_types, weight_type
+    from tinyllm.tools.ladder import is_quantized, parse_types, weight_type
     g = GGUFFile(smollm2_path)
     assert is_quantized(g) and weight_type(g) == "Q4_1"
     assert parse_types("q8_0, Q4_K_M,Q8_0") == ["Q8_0", "Q4_K_M"]
@@ -109,8 +109,8 @@ def test_a_source_made_by_dequantizing_is_recognised(tmp_path):
     the original random floats do not."""
     import numpy as np
 
-    from tinyllm.ladder import dequantized_bits, grid_levels
-    from tinyllm.quantize.model import quantize_model
+    from tinyllm.tools.ladder import dequantized_bits, grid_levels
+    from tinyllm.tools.quantize.model import quantize_model
     rng = np.random.default_rng(0)
     assert grid_levels(rng.standard_normal(16).astype(np.float32)) is None
     assert grid_levels(np.float32(0.013) * rng.integers(-128, 128, 16).astype(np.float32)) <= 256

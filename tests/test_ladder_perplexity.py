@@ -5,7 +5,7 @@ The fixture tests/fixtures/smollm2-135m/ladder_perplexity.json (scripts/make_lad
 holds, for each type `tinyllm ladder` makes by default, the sha256 of the file tinyllm's
 quantizer makes from the pulled Q4_1 model and llama.cpp's perplexity on that file over the
 ladder's default windows (4 x 512 tokens of the Alice text).  Each test rebuilds the file the
-way the ladder does (tinyllm.ladder.quantized_file), checks it is byte for byte the file
+way the ladder does (tinyllm.tools.ladder.quantized_file), checks it is byte for byte the file
 llama.cpp scored, and compares tinyllm's perplexity on the same windows with:
 
   ppl_f32_copy  llama.cpp on an F32 copy of that file: the same weights multiplied by
@@ -31,7 +31,7 @@ import os
 import pytest
 
 from conftest import FIXTURES, ROOT
-from tinyllm.ladder import DEFAULT_TYPES
+from tinyllm.tools.ladder import DEFAULT_TYPES
 from tinyllm.registry import sha256_file as sha256
 
 FIXTURE = FIXTURES / "smollm2-135m" / "ladder_perplexity.json"
@@ -58,8 +58,8 @@ def text(fx):
 
 def test_fixture_is_the_default_ladder_on_the_pulled_model(fx, smollm2_path, tok, text):
     """The fixture covers exactly the ladder's default types, was made from the very file
-    the tests start from, and scored the windows tinyllm.perplexity scores."""
-    from tinyllm.perplexity import _windows
+    the tests start from, and scored the windows tinyllm.tools.perplexity scores."""
+    from tinyllm.tools.perplexity import _windows
     ctx, windows = fx["ctx"], fx["windows"]
     assert list(fx["types"]) == TYPES
     assert os.path.basename(smollm2_path) == fx["model_file"] and sha256(smollm2_path) == fx["model_sha256"]
@@ -70,9 +70,9 @@ def test_fixture_is_the_default_ladder_on_the_pulled_model(fx, smollm2_path, tok
 
 @pytest.mark.parametrize("target", TYPES)
 def test_ladder_file_perplexity_matches_llama_cpp(target, fx, smollm2_path, tok, text, tmp_path):
-    from tinyllm.ladder import quantized_file
+    from tinyllm.tools.ladder import quantized_file
     from tinyllm.model import Model
-    from tinyllm.perplexity import perplexity
+    from tinyllm.tools.perplexity import perplexity
 
     ctx, windows, ref = fx["ctx"], fx["windows"], fx["types"][target]
     path = quantized_file(smollm2_path, tmp_path, target)

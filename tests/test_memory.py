@@ -1,4 +1,4 @@
-"""The memory ledger (tinyllm/memory.py): planned sizes from the real models' headers,
+"""The memory ledger (tinyllm/tools/memory.py): planned sizes from the real models' headers,
 measured numbers from this very process."""
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyllm import memory
+from tinyllm.tools import memory
 from tinyllm.gguf_file import GGUFFile
 
 MiB = 1 << 20
@@ -149,7 +149,7 @@ def test_metadata_objects_match_what_parsing_the_header_costs(gemma3_path):
     metadata_object_bytes is what RssAnon grows by (measured in a fresh process)."""
     code = (
         "import json, sys\n"
-        "from tinyllm import memory\n"
+        "from tinyllm.tools import memory\n"
         "from tinyllm.gguf_file import GGUFFile\n"
         "before = memory.measured().rss_anon\n"
         f"g = GGUFFile({gemma3_path!r})\n"

@@ -1,4 +1,4 @@
-"""Ollama's memory arithmetic (tinyllm/ollama.py) against the worked example of
+"""Ollama's memory arithmetic (tinyllm/tools/ollama.py) against the worked example of
 docs/ollama-memory.md §6 (Qwen2.5-7B Q4_K_M at num_ctx 32768, from a synthetic
 sparse GGUF whose header is real) and against llama.cpp's logged buffers for the
 real test models (tests/fixtures/llama_cpp_buffers.json, recorded by
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from tinyllm import memory, ollama
+from tinyllm.tools import memory, ollama
 from tinyllm.gguf_file import GGUFFile
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,8 +4,10 @@
   include 0, subnormals, the f16 maximum and negatives) and on real model tensors.
 - linear(): the numba kernels equal the numpy path that rounds activations the same
   way (tight), and are close to dequantize(W) @ x (loose: 8-bit activations).  One-token
-  decode over the int8 formats rounds x by default (decode_q8.py); its kernels are checked
-  against the same numpy rounding path on every SIMD path (AVX-512 VNNI, AVX2, generic).
+  decode over the int8 formats rounds x by default (their matvec_int8); those kernels are
+  checked against the same numpy rounding path on every SIMD path (AVX-512 VNNI, AVX2,
+  generic), and against the plain int8 reference (rows.matvec_q8_0_reference).  Every
+  numerics ("decode", "exact", "llama") is a per-call argument: no fresh process needed.
 - TINYLLM_NO_NUMBA=1 gives the same numbers; unknown types fail with one clear error.
 """
 
@@ -26,7 +28,7 @@ from tinyllm.errors import TinyLLMError
 from tinyllm.gguf_file import GGUFFile
 from tinyllm.quant import FORMATS, INT8_DECODE_TYPES, QTensor, dequantize, linear, supported_types
 from tinyllm.quant import activations as act
-from tinyllm.quant import common as act_kinds
+from tinyllm.quant.common import F16_TO_F32
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -125,7 +127,6 @@ def test_rows_is_an_embedding_lookup(models):
 def test_kernel_unpack_row_is_the_dequantization(name):
     """The numba kernel multiplies by exactly the weights dequantize() gives (Q4_1/Q5_1:
     d*q, with the offsets m kept apart for Q8_1's f16 sum term)."""
-    from tinyllm.quant.common import F16_TO_F32
     f = FORMATS[name]
     rng = np.random.default_rng(sum(map(ord, name)) + 7)
     raw = random_blocks(name, 8, rng, extreme=True).reshape(1, -1)[0]
@@ -156,7 +157,7 @@ def test_round_to_f16_matches_numpy():
 
 @pytest.mark.skipif(not jit.HAVE_NUMBA, reason="compares numba with numpy")
 def test_activation_quantizers_numba_equal_numpy():
-    from tinyllm.quant.kernels import quantize_act
+    from tinyllm.quant.rows import quantize_act
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((3, 512)) * 3).astype(np.float32)
     x[0, :32] = 0.0                        # an all-zero block
@@ -219,8 +220,9 @@ def rel_err(a, b):
 def test_linear_matches_references(name):
     """linear() against float64 dequantize(W) @ x (prefill, and decode of the formats
     without an int8 kernel: x as it is), one-token decode of the int8 formats against
-    the numpy path that rounds x the same way, and the numba prefill kernel in
-    llama.cpp-rounding mode against that numpy path."""
+    the numpy path that rounds x the same way, numerics "exact" (the float decode
+    kernels) against float64, and numerics "llama" (every product rounds x) against
+    that numpy path."""
     rng = np.random.default_rng(sum(map(ord, name)))
     f = FORMATS[name]
     n_cols = 512 if f.block_size == 256 else 160
@@ -240,12 +242,13 @@ def test_linear_matches_references(name):
         assert np.array_equal(yd, y1)
     out = np.full(67, np.nan, np.float32)
     assert linear(x[0], w, out=out) is out and np.array_equal(out, y1)
-    if f.kernel is not None and f.act in act_kinds.ACT_KINDS:
-        # the same kernel, asked to round x like llama.cpp, equals the numpy rounding path
-        y = np.empty((5, 67), np.float32)
-        f.kernel(w._w, x, y, f.ggml_type, act_kinds.ACT_KINDS[f.act], *f.kernel_args[2:])
+    ye = linear(x[0], w, decode=True, numerics="exact")     # a decode step, x as it is
+    assert rel_err(ye, exact[0]) < 2e-6
+    if f.act != "f32":
+        # every product rounds x like llama.cpp: equals the numpy rounding path
         same_rounding = f.linear_np(w.raw, x)
-        assert rel_err(y, same_rounding) < 2e-6
+        assert rel_err(linear(x, w, numerics="llama"), same_rounding) < 2e-6
+        assert rel_err(linear(x[0], w, decode=True, numerics="llama"), same_rounding[0]) < 2e-6
         tol = {"f16": 2e-3, "bf16": 2e-2}.get(f.act, 3e-2)
         assert rel_err(same_rounding, exact) < tol
 
@@ -275,7 +278,7 @@ def test_linear_on_real_layers(models):
 INT8_SCRIPT = r"""
 import json, sys
 import numpy as np
-from tinyllm.quant import FORMATS, QTensor, decode_q8, simd
+from tinyllm.quant import FORMATS, QTensor, simd
 from tinyllm.quant.common import F16_TO_F32
 out = {"vnni": simd.X86_VNNI, "avx2": simd.X86_AVX2}
 for name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
@@ -283,7 +286,7 @@ for name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
     w = QTensor(np.load(raw_path), f.ggml_type, n_cols)
     x = np.load(x_path)
     y = np.full(w.n_rows, np.nan, np.float32)
-    decode_q8.matvec(w._w, x, y, f.ggml_type, F16_TO_F32)
+    f.matvec_int8(w._w, x, y, F16_TO_F32)
     ref = f.linear_np(w.raw, x[None])[0]
     out[name] = float(np.abs(y - ref).max() / np.abs(ref).max())
 print(json.dumps(out))
@@ -292,7 +295,7 @@ print(json.dumps(out))
 
 @pytest.mark.parametrize("path", ["native", "avx2", "generic"])
 def test_int8_decode_kernels_equal_the_rounding_oracle(tmp_path, path):
-    """decode_q8.matvec (int8 dot products) against the numpy path that rounds x the way
+    """matvec_int8 (int8 dot products) against the numpy path that rounds x the way
     llama.cpp does, for each format, with 4k+1..4k+3 rows (the tail) and a 2048-wide
     row.  "avx2" and "generic" force those instruction paths in a fresh process
     (TINYLLM_SIMD): generic is what aarch64 runs."""
@@ -320,6 +323,21 @@ def test_int8_decode_kernels_equal_the_rounding_oracle(tmp_path, path):
         assert not got["vnni"]
     for name in names:
         assert got[name] < 2e-6, (name, got[name])
+
+
+def test_plain_int8_reference_is_what_the_q8_0_kernel_computes():
+    """rows.matvec_q8_0_reference (the ~25-line loop a reader meets first) against the
+    numpy rounding oracle and the kernel: the same rounding of x, the same sums."""
+    from tinyllm.quant.rows import matvec_q8_0_reference
+    rng = np.random.default_rng(11)
+    raw = weights("Q8_0", 13, 256, rng)
+    x = (rng.standard_normal(256) * 3).astype(np.float32)
+    x[:32] = 0.0                                           # an all-zero block
+    ref = matvec_q8_0_reference(raw, x)
+    assert rel_err(ref, FORMATS["Q8_0"].linear_np(raw, x[None])[0]) < 2e-6
+    if jit.HAVE_NUMBA:
+        w = QTensor(raw, FORMATS["Q8_0"].ggml_type, 256)
+        assert rel_err(linear(x, w, decode=True), ref) < 2e-6
 
 
 # ---- the no-numba fallback -------------------------------------------------------------------
@@ -379,8 +397,11 @@ def test_unsupported_type_is_one_clear_error(ggml_type, shown):
 
 
 def test_warmup_announces_a_cold_cache_once(tmp_path):
-    code = ("from tinyllm import jit; import numpy as np; from tinyllm.quant import QTensor, linear;"
-            "jit.warmup(['Q8_0'], log=lambda s: print('LOG', s))")
+    """A cold cache: one line per kernel the format needs, only those (a Q8_0 model compiles
+    no other format's code); a warm one: silence.  TINYLLM_SIMD keys a cache of its own even
+    under a NUMBA_CACHE_DIR of the user's."""
+    code = ("from tinyllm.startup import warm_kernels; import numpy as np;"
+            "warm_kernels(['Q8_0'], progress=lambda s: print('LOG', s))")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("TINYLLM_NO_NUMBA", None)
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -390,5 +411,10 @@ def test_warmup_announces_a_cold_cache_once(tmp_path):
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     if not jit.HAVE_NUMBA:
         pytest.skip("numba not installed")
-    assert "LOG compiling numba kernels for Q8_0 (first run only; cached in" in first.stdout
+    assert "LOG kernels: compiling Q8_0 prefill (first run only; cached in" in first.stdout
+    assert "LOG kernels: compiling Q8_0 int8 decode" in first.stdout
+    assert "float decode" not in first.stdout and "Q4" not in first.stdout
     assert "LOG" not in second.stdout
+    generic = subprocess.run([sys.executable, "-c", code], env=dict(env, TINYLLM_SIMD="generic"),
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "LOG kernels: compiling Q8_0 int8 decode" in generic.stdout, generic.stderr

@@ -1,4 +1,4 @@
-"""tinyllm.quantize: float32 rows -> GGUF block bytes, against gguf-py and llama.cpp.
+"""tinyllm.tools.quantize: float32 rows -> GGUF block bytes, against gguf-py and llama.cpp.
 
 - every type: gguf-py's dequantizer reads our bytes exactly as tinyllm.quant does, and
   they reconstruct the input with the error the format should have -- also on the
@@ -26,7 +26,7 @@ import pytest
 
 from tinyllm.gguf_file import GGUFFile
 from tinyllm.quant import FORMATS, QTensor, dequantize, linear
-from tinyllm.quantize import QUANTIZABLE, quantize_rows
+from tinyllm.tools.quantize import QUANTIZABLE, quantize_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -52,7 +52,7 @@ def rel_rmse(a, x):
 
 def test_types_and_errors():
     from tinyllm.quant import iq4
-    from tinyllm.quantize import iq4 as iq4_quantize
+    from tinyllm.tools.quantize import iq4 as iq4_quantize
     assert np.array_equal(iq4_quantize.KVALUES, iq4.KVALUES)
     assert set(QUANTIZABLE) == set(REL_RMSE)
     assert all(T in FORMATS for T in QUANTIZABLE)          # tinyllm can read them all back

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import memory
+from .tools import memory
 from .chat_template import ChatTemplate
 from .errors import TinyLLMError
 from .generate import Session, Stats
@@ -444,28 +444,18 @@ class Chat:
 # ---- start-up -----------------------------------------------------------------------------
 
 def load(args, log):
-    """Open the model named in args.  Returns (model, tokenizer, runtime baseline bytes)."""
-    import inspect
-    from . import jit                      # imports numba: part of the runtime baseline
-    from .model import Model
-    from .registry import resolve
-    from .tokenizer import Tokenizer
+    """Open the model named in args, kernels not yet warm (warm_kernels).  Returns (model,
+    tokenizer, runtime baseline bytes)."""
+    from . import jit                      # imports numba: part of the runtime baseline  # noqa: F401
+    from .startup import open_model
 
     baseline = memory.measure_runtime_baseline()   # before the GGUF is opened
-    path = resolve(args.model, pull_if_missing=True, log=log)
-    if getattr(args, "threads", None):
-        jit.set_threads(args.threads)
-    kw = {"n_ctx": getattr(args, "ctx", None), "kv_type": getattr(args, "kv_type", "f16")}
-    fa = getattr(args, "flash_attn", None)
-    if fa is not None:
-        if "flash_attn" in inspect.signature(Model).parameters:
-            kw["flash_attn"] = fa == "on"
-        elif fa == "off":
-            raise TinyLLMError("--flash-attn off: this version of the model code has no switch for it")
-    model = Model(path, **kw)
-    from .cli import check_before_loading
-    check_before_loading(model, args, log)         # context length, memory plan vs available
-    return model, Tokenizer.from_gguf(model.gguf), baseline
+    model, tok = open_model(args.model, n_ctx=getattr(args, "ctx", None),
+                            kv_type=getattr(args, "kv_type", "f16"),
+                            flash_attn=getattr(args, "flash_attn", "on") == "on",
+                            threads=getattr(args, "threads", None), progress=log, warm=False,
+                            mem_check=not getattr(args, "no_mem_check", False))
+    return model, tok, baseline
 
 
 def banner(model, chat: Chat) -> str:
@@ -492,38 +482,12 @@ def banner(model, chat: Chat) -> str:
 
 
 def warm_kernels(model, info) -> None:
-    """Load the quant kernels for this model's tensor types from numba's disk cache, or
-    compile them (first run) with one progress line per type."""
-    from . import jit
-    if not jit.HAVE_NUMBA:
-        info("  kernels: numpy fallback (numba not available)")
-        return
-    from .quant import FORMATS
-    types = sorted(set(model.matrix_types()) & set(FORMATS))
-    cached, t_all = [], time.perf_counter()
-    for i, name in enumerate(types, 1):
-        cold = []
-        t0 = time.perf_counter()
-        jit.warmup([name], log=lambda _msg: (cold.append(1), info(f"  kernels: compiling {name} "
-                                                                   f"({i}/{len(types)}, first run only) ...")))
-        if cold:
-            info(f"  kernels: {name} compiled in {time.perf_counter() - t0:.1f} s")
-        else:
-            cached.append(name)
-    if cached:
-        info(f"  kernels: {', '.join(cached)} loaded from the disk cache "
-             f"({time.perf_counter() - t_all:.1f} s)")
-    # the attention kernels too, so the first reply does not stall on a compile
-    from . import attention, ops
+    """Load the kernels from numba's disk cache, or compile them (first run) with one
+    progress line per kernel (startup.warm_model)."""
+    from .startup import warm_model
     t0 = time.perf_counter()
-    cold = not jit._cache_is_warm(attention.kernels())
-    if cold:
-        info("  kernels: compiling attention (first run only) ...")
-    attention.warmup()
-    ops.warmup()
-    if cold:
-        info(f"  kernels: attention compiled in {time.perf_counter() - t0:.1f} s")
-    jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go
+    warm_model(model, progress=lambda line: info("  " + line))
+    info(f"  kernels: ready ({time.perf_counter() - t0:.1f} s)")
 
 
 # ---- the loops ----------------------------------------------------------------------------
@@ -647,7 +611,7 @@ def run_chat(args) -> None:
     def log(msg: str) -> None:
         print(f"\x1b[2m{msg}\x1b[0m" if err_tty else msg, file=sys.stderr, flush=True)
 
-    from .cli import _sampler
+    from .sampling import sampler_from_args as _sampler
     model, tok, baseline = load(args, log)
     chat = Chat(model, tok, _sampler(args), args.n_predict, args.system, runtime_baseline=baseline,
                 verbose=getattr(args, "verbose", False), color=err_tty,

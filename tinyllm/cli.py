@@ -22,7 +22,7 @@ def log(msg: str) -> None:
 
 def peak_rss_mib() -> float:
     """The most resident memory this process has had (VmHWM), in MiB (2^20 bytes)."""
-    from .memory import measured
+    from .tools.memory import measured
     m = measured()
     return (m.peak_rss if m.peak_rss is not None else m.rss) / 2**20
 
@@ -49,30 +49,24 @@ def fix_malloc_mmap_threshold(nbytes: int = 256 * 1024) -> None:
 # ---- loading ---------------------------------------------------------------------------
 
 def open_model(args, quiet: bool = False):
-    """MODEL name/path -> (Model, Tokenizer). Pulls registry models that are missing."""
-    from . import attention, jit, ops
-    from .memory import measured
-    from .model import Model
-    from .registry import resolve
-    from .tokenizer import Tokenizer
+    """MODEL name/path -> (Model, Tokenizer), kernels warm (startup.open_model)."""
+    from .startup import open_model as start
+    return start(args.model, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"),
+                 flash_attn=getattr(args, "flash_attn", "on") == "on",
+                 threads=getattr(args, "threads", None), progress=_quiet if quiet else log,
+                 mem_check=not getattr(args, "no_mem_check", False))
 
-    path = resolve(args.model, pull_if_missing=True, log=log)
-    if getattr(args, "threads", None):
-        jit.set_threads(args.threads)
-    model = Model(path, n_ctx=getattr(args, "ctx", None), kv_type=getattr(args, "kv_type", "f16"),
-                  flash_attn=getattr(args, "flash_attn", "on") == "on")
-    check_before_loading(model, args, log=(lambda m: None) if quiet else log)
-    tok = Tokenizer.from_gguf(model.gguf)
-    types = model.matrix_types()
-    anon_before = measured().rss_anon
-    jit.warmup(types, log=(lambda m: None) if quiet else log)
-    attention.warmup()
-    ops.warmup()
-    jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go
-    after = measured().rss_anon
-    # what loading the compiled kernels cost, for the memory ledger
-    model.kernels_bytes = after - anon_before if after is not None and anon_before is not None else None
-    return model, tok
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def cmd_warmup(args):
+    """Compile the kernels a model needs now (once, unattended), so its first start is quick."""
+    t0 = time.perf_counter()
+    model, _ = open_model(args)
+    log(f"kernels for {', '.join(model.matrix_types())} ({model.numerics} numerics) ready "
+        f"in {time.perf_counter() - t0:.1f} s")
 
 
 def check_threads(n: int) -> int:
@@ -81,21 +75,6 @@ def check_threads(n: int) -> int:
     if not 1 <= n <= cores:
         raise TinyLLMError(f"--threads must be between 1 and {cores} (the cores available here), got {n}")
     return n
-
-
-def check_before_loading(model, args, log=log) -> None:
-    """Before any weight page is touched: warn about a context longer than the model was
-    trained for, and refuse a memory plan that does not fit (unless --no-mem-check)."""
-    from . import memory
-    if model.n_ctx > model.cfg.n_ctx_train:
-        log(f"warning: --ctx {model.n_ctx} is longer than the {model.cfg.n_ctx_train} tokens "
-            f"{os.path.basename(model.path)} was trained on; past that its output degrades")
-    if getattr(args, "no_mem_check", False):
-        return
-    plan = memory.MemoryPlan.from_gguf(model.gguf, model.n_ctx, getattr(args, "kv_type", "f16"),
-                                       getattr(args, "n_batch", None) or 256,
-                                       getattr(args, "flash_attn", "on") == "on", count_tokenizer=False)
-    memory.check_fits(plan)
 
 
 def _threads_arg(p):
@@ -127,9 +106,8 @@ def _sampling_args(p, temp=0.8):
 
 
 def _sampler(args):
-    from .sampling import Sampler, SamplerSettings
-    return Sampler(SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                                   min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed))
+    from .sampling import sampler_from_args
+    return sampler_from_args(args)
 
 
 # ---- verbs -----------------------------------------------------------------------------
@@ -179,7 +157,7 @@ def cmd_tokenize(args):
 
 
 def cmd_perplexity(args):
-    from .perplexity import perplexity, perplexity_kld
+    from .tools.perplexity import perplexity, perplexity_kld
     args.ctx = 512 if args.ctx is None else args.ctx   # --ctx is the window length here
     if args.windows is not None and args.windows <= 0:
         raise TinyLLMError(f"--windows must be positive, got {args.windows}")
@@ -190,7 +168,7 @@ def cmd_perplexity(args):
         raise TinyLLMError(f"cannot read {args.file}: {e.strerror}") from None
     model, tok = open_model(args, quiet=args.json)
     if args.kld_base:
-        from .kld import format_summary
+        from .tools.kld import format_summary
         base_args = argparse.Namespace(**{**vars(args), "model": args.kld_base})
         base, _ = open_model(base_args, quiet=True)
         stats = perplexity_kld(model, base, tok, text, args.ctx, max_windows=args.windows, progress=(
@@ -215,7 +193,7 @@ def cmd_perplexity(args):
 def cmd_bench(args):
     import numpy as np
 
-    from . import memory
+    from .tools import memory
     baseline = memory.measure_runtime_baseline()
     model, tok = open_model(args, quiet=args.json)
     rng = np.random.default_rng(0)
@@ -252,7 +230,7 @@ def cmd_bench(args):
 
 
 def cmd_mem(args):
-    from . import memory
+    from .tools import memory
     from .gguf_file import GGUFFile
     from .registry import resolve
     flash = args.flash_attn == "on"
@@ -287,7 +265,7 @@ def _ollama_band(args) -> dict:
     """--ollama-version/--ollama-device -> memory.ledger's arguments (one band), checked."""
     if args.ollama_version is None:
         return {}
-    from . import ollama
+    from .tools import ollama
     try:
         ollama.band_for(args.ollama_version, args.ollama_device)
     except ValueError as e:
@@ -323,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use tinyllm's built-in chat format instead of the model's own template")
     _sampling_args(p)
     p.set_defaults(fn=cmd_chat)
+
+    p = sub.add_parser("warmup", help="compile a model's kernels ahead of its first start")
+    p.add_argument("model", help="registry name or path to a .gguf file")
+    p.set_defaults(fn=cmd_warmup)
 
     p = sub.add_parser("tokenize", help="print token ids as JSON")
     p.add_argument("model")
@@ -363,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Verbs whose code lives in their own modules: each module has add_arguments(p) and run(args).
     for verb, module, help_ in (
-            ("quantize", "tinyllm.quantize.cli", "re-quantize a GGUF into another type (F16 ... Q2_K, _S/_M/_L mixes)"),
-            ("inspect", "tinyllm.inspect", "tensors, types and sizes of a GGUF; one quantized block laid open"),
-            ("ladder", "tinyllm.ladder", "quantize a model into each type and compare size, quality, speed"),
+            ("quantize", "tinyllm.tools.quantize.cli", "re-quantize a GGUF into another type (F16 ... Q2_K, _S/_M/_L mixes)"),
+            ("inspect", "tinyllm.tools.inspect", "tensors, types and sizes of a GGUF; one quantized block laid open"),
+            ("ladder", "tinyllm.tools.ladder", "quantize a model into each type and compare size, quality, speed"),
             ("serve", "tinyllm.serve", "Ollama's and OpenAI's HTTP APIs on 127.0.0.1:11434 (pip install 'tinyllm[serve]')")):
         p = sub.add_parser(verb, help=help_)
         mod = importlib.import_module(module)

@@ -1,24 +1,29 @@
-"""The one place numba is imported.
+"""numba, once: the cache directory, the no-numba switch, njit with caching.
 
 numba compiles the quantized matvec kernels to machine code; without it
 (32-bit Raspberry Pi OS has no numba wheels, or TINYLLM_NO_NUMBA=1) every
 kernel has a pure-numpy fallback that computes the same numbers, slower.
 
-Compiled kernels are cached on disk (NUMBA_CACHE_DIR, default
-~/.cache/tinyllm/numba), so only the first run pays the ~10-30 s compile.
-The cache directory must be set before numba is imported, hence this module.
+Compiled kernels are cached on disk, so only the first run pays the compile:
+in a folder of NUMBA_CACHE_DIR (default ~/.cache/tinyllm/numba) named after
+everything that changes the generated code and that numba's own cache check
+does not see (it sees a kernel's own file, the CPU and its own version).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import platform
 
-def _sources_digest() -> str:
-    """A short hash of tinyllm's own sources.  numba's cache notices when a kernel's
-    file changes, not when a function it calls from another file does; keying the
-    cache directory by all sources makes any edit or upgrade start a fresh cache."""
+
+def _cache_key() -> str:
+    """A short hash of what the machine code depends on beyond a kernel's own file:
+    tinyllm's sources (numba notices when a kernel's file changes, not when a function
+    it calls from another file does), TINYLLM_SIMD (simd.py compiles other instructions
+    under it), the numba version and the machine."""
     import hashlib
+    from importlib.metadata import PackageNotFoundError, version
     h = hashlib.sha256()
     root = os.path.dirname(os.path.abspath(__file__))
     for d, _, files in sorted(os.walk(root)):
@@ -26,14 +31,18 @@ def _sources_digest() -> str:
             if f.endswith(".py"):
                 with open(os.path.join(d, f), "rb") as fh:
                     h.update(fh.read())
-    # simd.py compiles different instructions under TINYLLM_SIMD: a cache of its own
     h.update(os.environ.get("TINYLLM_SIMD", "").strip().lower().encode())
+    try:
+        h.update(version("numba").encode())
+    except PackageNotFoundError:
+        pass
+    h.update(platform.machine().encode())
     return h.hexdigest()[:12]
 
 
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "tinyllm", "numba", _sources_digest())
-os.environ.setdefault("NUMBA_CACHE_DIR", DEFAULT_CACHE_DIR)
-CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+CACHE_BASE = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+    os.path.expanduser("~"), ".cache", "tinyllm", "numba")
+CACHE_DIR = os.path.join(CACHE_BASE, _cache_key())
 
 HAVE_NUMBA = False
 if os.environ.get("TINYLLM_NO_NUMBA", "").strip() not in ("", "0"):
@@ -42,6 +51,9 @@ else:
     try:
         import numba
         HAVE_NUMBA = True
+        # read by each cached kernel when it is defined (not when numba is imported),
+        # so this holds even if numba was imported first
+        numba.config.CACHE_DIR = CACHE_DIR
     except ImportError:
         numba = None
 
@@ -95,7 +107,7 @@ def call_serial(kernel, *args):
         numba.set_num_threads(n)
 
 
-def _cache_is_warm(dispatchers) -> bool:
+def cache_is_warm(dispatchers) -> bool:
     """True when every kernel has an on-disk cache index newer than its source file."""
     for d in dispatchers:
         src = d.py_func.__code__.co_filename
@@ -110,27 +122,6 @@ def _cache_is_warm(dispatchers) -> bool:
         if not hits or max(os.path.getmtime(h) for h in hits) < src_mtime:
             return False
     return True
-
-
-def warmup(type_names, log=print) -> None:
-    """Compile (or load from the disk cache) the kernels for these tensor types.
-
-    Called once at model load so the first token is not delayed by compilation;
-    prints one line through `log` when the cache is cold.
-    """
-    if not HAVE_NUMBA:
-        return
-    from .quant import FORMATS  # late import: quant imports this module
-    fmts = [FORMATS[name] for name in sorted(set(type_names)) if name in FORMATS]
-    dispatchers = [k for f in fmts for k in f.kernels()]
-    if not dispatchers:
-        return
-    if not _cache_is_warm(dispatchers):
-        shown = CACHE_DIR.replace(os.path.expanduser("~"), "~", 1)
-        log(f"compiling numba kernels for {', '.join(f.name for f in fmts)} "
-            f"(first run only; cached in {shown})")
-    for f in fmts:
-        f.warmup()
 
 
 def release_compiler_pages() -> int:

@@ -34,7 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import TinyLLMError
+from .ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from .jit import FASTMATH, HAVE_NUMBA, njit
+from .quant import dequantize
+from .quant.activations import quantize_q8_0 as quantize_q8_0_block
+from .quant.q4 import quantize_q4_0
+from .quant.q8_0 import quantize_q8_0
 
 QK = 32                                  # elements per block of q8_0 and q4_0
 
@@ -51,12 +56,8 @@ class KVFormat:
 
 
 F32, F16, Q8_0, Q4_0 = 0, 1, 2, 3
-KV_FORMATS = {
-    "f32": KVFormat("f32", F32, 1, 4),
-    "f16": KVFormat("f16", F16, 1, 2),
-    "q8_0": KVFormat("q8_0", Q8_0, QK, 2 + QK),
-    "q4_0": KVFormat("q4_0", Q4_0, QK, 2 + QK // 2),
-}
+KV_FORMATS = {name: KVFormat(name, code, *GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]])
+              for code, name in enumerate(("f32", "f16", "q8_0", "q4_0"))}
 KV_TYPES = tuple(KV_FORMATS)
 
 
@@ -67,48 +68,7 @@ def kv_format(kv_type: str) -> KVFormat:
 
 
 # ---- numpy: quantize and dequantize rows (the reference, and the no-numba path) -------------
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """C's roundf: halves round away from zero (np.round rounds them to even).
-    a - floor(a) is exact for |a| < 2^23, so the comparison with 0.5 is too."""
-    a = np.abs(x)
-    f = np.floor(a)
-    return np.copysign(f + (a - f >= 0.5), x)
-
-
-def quantize_q8_0_np(x: np.ndarray) -> np.ndarray:
-    """float32 (n_blocks, 32) -> (n_blocks, 34):  d = max|x| / 127,  q = round(x / d)."""
-    d = np.abs(x).max(axis=1) / np.float32(127)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    q = round_half_away(x * inv[:, None]).astype(np.int8)
-    return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), q.view(np.uint8)], axis=1)
-
-
-def quantize_q4_0_np(x: np.ndarray) -> np.ndarray:
-    """float32 (n_blocks, 32) -> (n_blocks, 18):  d = -m / 8 where m is the element of
-    largest magnitude (so m itself maps to q = 0, the 16 levels being -8..7),
-    q = min(15, trunc(x / d + 8.5))."""
-    m = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)[:, 0]
-    d = m / np.float32(-8)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    q = np.minimum(15, (x * inv[:, None] + np.float32(8.5)).astype(np.int8)).astype(np.uint8)
-    qs = q[:, :QK // 2] | (q[:, QK // 2:] << 4)
-    return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), qs], axis=1)
-
-
-def dequantize_q8_0_np(b: np.ndarray) -> np.ndarray:
-    """(n_blocks, 34) -> float32 (n_blocks, 32)"""
-    d = b[:, :2].copy().view(np.float16).astype(np.float32)           # (n_blocks, 1)
-    return b[:, 2:].view(np.int8).astype(np.float32) * d
-
-
-def dequantize_q4_0_np(b: np.ndarray) -> np.ndarray:
-    """(n_blocks, 18) -> float32 (n_blocks, 32)"""
-    d = b[:, :2].copy().view(np.float16).astype(np.float32)
-    qs = b[:, 2:]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - np.float32(8)
-    return q * d
-
-
+# The block formats are the weights' own Q8_0 and Q4_0: their code lives in quant/.
 def quantize_rows_np(x: np.ndarray, kv_type: str) -> np.ndarray:
     """float32 (..., n) -> uint8 (..., row_bytes) in kv_type's layout."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -117,7 +77,7 @@ def quantize_rows_np(x: np.ndarray, kv_type: str) -> np.ndarray:
     if kv_type == "f16":
         with np.errstate(over="ignore"):          # beyond 65504 becomes inf, as in ggml
             return x.astype(np.float16).view(np.uint8)
-    quantize = quantize_q8_0_np if kv_type == "q8_0" else quantize_q4_0_np
+    quantize = quantize_q8_0 if kv_type == "q8_0" else quantize_q4_0
     return quantize(x.reshape(-1, QK)).reshape(*x.shape[:-1], -1)
 
 
@@ -128,9 +88,7 @@ def dequantize_rows_np(raw: np.ndarray, kv_type: str) -> np.ndarray:
         return raw.view(np.float32)
     if kv_type == "f16":
         return raw.view(np.float16).astype(np.float32)
-    f = KV_FORMATS[kv_type]
-    dequantize = dequantize_q8_0_np if kv_type == "q8_0" else dequantize_q4_0_np
-    return dequantize(raw.reshape(-1, f.type_size)).reshape(*raw.shape[:-1], -1)
+    return dequantize(raw, GGMLQuantizationType[kv_type.upper()])
 
 
 # ---- numba: the same, one row at a time ------------------------------------------------------
@@ -206,30 +164,16 @@ def dequantize_cells(raw, g, c0, n, fmt, out):
 
 
 # Quantizers run without fastmath: every rounding must be the reference's.
-@njit(inline="always")
-def roundf(x):
-    a = abs(x)
-    r = np.float32(int(a))
-    if a - r >= np.float32(0.5):
-        r += np.float32(1)
-    return r if x >= 0 else -r
-
-
 @njit
 def quantize_q8_0_rows(x, out, scales):
     """x float32 [R, n] -> out uint8 [R, n/32*34] (the int8s; the f16 d bytes are left to
-    the caller) and scales float32 [R, n/32]."""
+    the caller) and scales float32 [R, n/32]: the activations' Q8_0 rounding, row by row."""
+    q = np.empty(x.shape[1], np.int8)
     for r in range(x.shape[0]):
+        quantize_q8_0_block(x[r], q, scales[r])
         for b in range(x.shape[1] // QK):
-            amax = np.float32(0)
             for j in range(QK):
-                amax = max(amax, abs(x[r, b * QK + j]))
-            d = amax / np.float32(127)
-            inv = np.float32(1) / d if d != 0 else np.float32(0)
-            for j in range(QK):
-                q = np.int32(roundf(x[r, b * QK + j] * inv))
-                out[r, b * (2 + QK) + 2 + j] = np.uint8(q & 0xFF)
-            scales[r, b] = d
+                out[r, b * (2 + QK) + 2 + j] = np.uint8(np.int32(q[b * QK + j]) & 0xFF)
 
 
 @njit

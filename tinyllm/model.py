@@ -17,7 +17,7 @@ D = head_dim, F = n_ff, V = n_vocab.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 
@@ -25,11 +25,15 @@ from .attention import attention
 from .errors import TinyLLMError
 from .gguf_file import GGUFFile
 from .kvcache import KVCache
-from .memory import FFN_TOKENS
 from .ops import gelu_tanh, rms_norm, rope, rope_cache, silu
-from .quant import QTensor, linear
+from .quant import NUMERICS, QTensor
+from .quant import linear as _linear
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
+# forward() runs the feed-forward block on at most this many tokens at a time: its
+# [T, n_ff] activations are a prefill's largest scratch, and a bigger slice does not make
+# the matmuls faster (measured: SmolLM2, 512-token prefill: peak -7 MiB, speed unchanged).
+FFN_TOKENS = 128
 
 
 @dataclass
@@ -116,22 +120,23 @@ class Config:
 
 @dataclass
 class Layer:
+    """One block's tensors, named as in the GGUF (blk.N.<name>.weight, <name>_bias: .bias)."""
     attn_norm: np.ndarray              # [E]
-    wq: QTensor                        # [H*D, E]
-    wk: QTensor                        # [Hkv*D, E]
-    wv: QTensor                        # [Hkv*Dv, E]
-    wo: QTensor                        # [E, H*Dv]
+    attn_q: QTensor                    # [H*D, E]
+    attn_k: QTensor                    # [Hkv*D, E]
+    attn_v: QTensor                    # [Hkv*Dv, E]
+    attn_output: QTensor               # [E, H*Dv]
     ffn_norm: np.ndarray               # [E]
-    w_gate: QTensor                    # [F, E]
-    w_up: QTensor                      # [F, E]
-    w_down: QTensor                    # [E, F]
-    bq: np.ndarray | None = None       # qwen2 biases
-    bk: np.ndarray | None = None
-    bv: np.ndarray | None = None
-    q_norm: np.ndarray | None = None   # [D] qwen3/gemma3: RMSNorm of each head's q and k
-    k_norm: np.ndarray | None = None
-    post_attn_norm: np.ndarray | None = None   # gemma3
-    post_ffn_norm: np.ndarray | None = None
+    ffn_gate: QTensor                  # [F, E]
+    ffn_up: QTensor                    # [F, E]
+    ffn_down: QTensor                  # [E, F]
+    attn_q_bias: np.ndarray | None = None      # qwen2 biases
+    attn_k_bias: np.ndarray | None = None
+    attn_v_bias: np.ndarray | None = None
+    attn_q_norm: np.ndarray | None = None      # [D] qwen3/gemma3: RMSNorm of each head's q and k
+    attn_k_norm: np.ndarray | None = None
+    post_attention_norm: np.ndarray | None = None   # gemma3
+    post_ffw_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -144,48 +149,41 @@ class Weights:
 
     @classmethod
     def from_gguf(cls, g: GGUFFile, cfg: Config) -> "Weights":
-        def matrix(name):
-            if name not in g.tensors:
-                raise TinyLLMError(f"{g.path}: missing tensor {name}")
-            t = g.tensors[name]
-            return QTensor(g.raw(name), t.ggml_type, t.ne[0])
-
-        def vector(name, required=True):
+        def load(name, required=True):
+            """A 2-D tensor as a QTensor over the file's bytes; a vector (norm, bias) as float32."""
             if name not in g.tensors:
                 if required:
                     raise TinyLLMError(f"{g.path}: missing tensor {name}")
                 return None
             t = g.tensors[name]
+            if len(t.ne) >= 2:
+                return QTensor(g.raw(name), t.ggml_type, t.ne[0])
             if t.type_name == "F32":
                 return g.tensor(name)
             return QTensor(g.raw(name), t.ggml_type, t.ne[0]).dequantize().reshape(-1)
 
-        token_embd = matrix("token_embd.weight")
-        w = cls(token_embd=token_embd, output_norm=vector("output_norm.weight"),
-                output=matrix("output.weight") if "output.weight" in g.tensors else token_embd,
-                rope_freqs=vector("rope_freqs.weight", required=False))
+        token_embd = load("token_embd.weight")
+        w = cls(token_embd=token_embd, output_norm=load("output_norm.weight"),
+                output=token_embd if "output.weight" not in g.tensors else load("output.weight"),
+                rope_freqs=load("rope_freqs.weight", required=False))
         for i in range(cfg.n_layer):
-            p = f"blk.{i}."
-            w.layers.append(Layer(
-                attn_norm=vector(p + "attn_norm.weight"),
-                wq=matrix(p + "attn_q.weight"), wk=matrix(p + "attn_k.weight"),
-                wv=matrix(p + "attn_v.weight"), wo=matrix(p + "attn_output.weight"),
-                ffn_norm=vector(p + "ffn_norm.weight"),
-                w_gate=matrix(p + "ffn_gate.weight"), w_up=matrix(p + "ffn_up.weight"),
-                w_down=matrix(p + "ffn_down.weight"),
-                bq=vector(p + "attn_q.bias", False), bk=vector(p + "attn_k.bias", False),
-                bv=vector(p + "attn_v.bias", False),
-                q_norm=vector(p + "attn_q_norm.weight", False), k_norm=vector(p + "attn_k_norm.weight", False),
-                post_attn_norm=vector(p + "post_attention_norm.weight", False),
-                post_ffn_norm=vector(p + "post_ffw_norm.weight", False),
-            ))
+            tensors = {}
+            for f in fields(Layer):          # the field names are the GGUF's
+                name = (f"blk.{i}.{f.name[:-5]}.bias" if f.name.endswith("_bias")
+                        else f"blk.{i}.{f.name}.weight")
+                tensors[f.name] = load(name, required=f.default is MISSING)
+            w.layers.append(Layer(**tensors))
         return w
 
 
 class Model:
     """Config + weights (memory-mapped) + KV cache: everything one conversation needs."""
 
-    def __init__(self, path: str, n_ctx: int | None = None, kv_type: str = "f16", flash_attn: bool = True):
+    def __init__(self, path: str, n_ctx: int | None = None, kv_type: str = "f16", flash_attn: bool = True,
+                 numerics: str = "decode"):
+        if numerics not in NUMERICS:
+            raise TinyLLMError(f"numerics {numerics!r}: expected one of {', '.join(NUMERICS)}")
+        self.numerics = numerics       # what x looks like in the dot products (quant/__init__.py)
         self.gguf = GGUFFile(path)
         self.path = path
         self.cfg = Config.from_gguf(self.gguf)
@@ -207,20 +205,25 @@ class Model:
     def reset(self) -> None:
         self.cache.truncate(0)
 
-    def forward(self, tokens, pos: int, all_logits: bool = False, exact: bool = False) -> np.ndarray:
-        return forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits, exact)
+    def forward(self, tokens, pos: int, all_logits: bool = False, numerics: str | None = None) -> np.ndarray:
+        """numerics: this call's, else the model's (quant/__init__.py)."""
+        return forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits,
+                       numerics or self.numerics)
 
 
 def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
-            all_logits: bool = False, exact: bool = False) -> np.ndarray:
+            all_logits: bool = False, numerics: str = "decode") -> np.ndarray:
     """Run tokens (at positions pos..pos+T-1) through the model, filling the KV cache.
 
-    Returns logits [T, V] if all_logits else [V] for the last token.  A one-token step
-    rounds activations to 8 bits inside the int8 matvecs, as llama.cpp does, unless
-    exact (quant/activations.py).
+    Returns logits [T, V] if all_logits else [V] for the last token.  Under numerics
+    "decode" a one-token step rounds activations to 8 bits inside the int8 matvecs, as
+    llama.cpp does; "exact" never rounds them, "llama" always (quant/activations.py).
     """
     T = len(tokens)
-    dec = T == 1 and not exact     # a decode step: int8 dot products where the format has them
+
+    def linear(x, w, out=None):    # y = x W^T, under this call's numerics (T == 1: a decode step)
+        return _linear(x, w, out, decode=T == 1, numerics=numerics)
+
     H, Hkv, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
     positions = np.arange(pos, pos + T)
     rope_global = rope_cache(positions, cfg.rope_dim, cfg.rope_freq_base, w.rope_freqs, cfg.rope_freq_scale)
@@ -237,24 +240,24 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
 
         # ---- attention: x += Wo . attention(rope(Wq h), rope(Wk h), Wv h),  h = norm(x)
         h = rms_norm(x, L.attn_norm, cfg.norm_eps)                     # [T, E]
-        q = linear(h, L.wq, decode=dec)                                # [T, H*D]
-        k = linear(h, L.wk, decode=dec)                                # [T, Hkv*D]
-        v = linear(h, L.wv, decode=dec)                                # [T, Hkv*Dv]
+        q = linear(h, L.attn_q)                                # [T, H*D]
+        k = linear(h, L.attn_k)                                # [T, Hkv*D]
+        v = linear(h, L.attn_v)                                # [T, Hkv*Dv]
         del h                                   # freed before attention allocates: a lower peak
-        if L.bq is not None:
-            q, k, v = q + L.bq, k + L.bk, v + L.bv
+        if L.attn_q_bias is not None:
+            q, k, v = q + L.attn_q_bias, k + L.attn_k_bias, v + L.attn_v_bias
         q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, cfg.head_dim_v)
-        if L.q_norm is not None:
-            q = rms_norm(q, L.q_norm, cfg.norm_eps)                    # per head, over D
-            k = rms_norm(k, L.k_norm, cfg.norm_eps)
+        if L.attn_q_norm is not None:
+            q = rms_norm(q, L.attn_q_norm, cfg.norm_eps)                    # per head, over D
+            k = rms_norm(k, L.attn_k_norm, cfg.norm_eps)
         q = rope(q, cos, sin, cfg.rope_neox)
         k = rope(k, cos, sin, cfg.rope_neox)
         cache.store(il, pos, k, v)
         n_kv = pos + T
         a = attention(q, cache.view(il, n_kv), pos, cfg.attn_scale, window, cache.flash_attn)
-        a = linear(a.reshape(T, H * cfg.head_dim_v), L.wo, decode=dec)  # [T, E]
-        if L.post_attn_norm is not None:
-            a = rms_norm(a, L.post_attn_norm, cfg.norm_eps)
+        a = linear(a.reshape(T, H * cfg.head_dim_v), L.attn_output)  # [T, E]
+        if L.post_attention_norm is not None:
+            a = rms_norm(a, L.post_attention_norm, cfg.norm_eps)
         x = x + a
 
         # ---- feed-forward: x += W_down (act(W_gate h) * W_up h),  h = norm(x)
@@ -262,17 +265,17 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         f = np.empty_like(x)                                           # [T, E]
         for t0 in range(0, T, FFN_TOKENS):        # [T, F] is a prefill's largest scratch: a slice at a time
             hs = h[t0:t0 + FFN_TOKENS]
-            gate = linear(hs, L.w_gate, decode=dec)                    # [t, F]
-            up = linear(hs, L.w_up, decode=dec)                        # [t, F]
+            gate = linear(hs, L.ffn_gate)                    # [t, F]
+            up = linear(hs, L.ffn_up)                        # [t, F]
             act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
             del gate
             act *= up                                                  # [t, F], in place
-            linear(act, L.w_down, out=f[t0:t0 + FFN_TOKENS], decode=dec)  # [t, E]
-        if L.post_ffn_norm is not None:
-            f = rms_norm(f, L.post_ffn_norm, cfg.norm_eps)
+            linear(act, L.ffn_down, out=f[t0:t0 + FFN_TOKENS])  # [t, E]
+        if L.post_ffw_norm is not None:
+            f = rms_norm(f, L.post_ffw_norm, cfg.norm_eps)
         x = x + f
 
     x = x if all_logits else x[-1:]
     x = rms_norm(x, w.output_norm, cfg.norm_eps)
-    logits = linear(x, w.output, decode=dec)                           # [T or 1, V]
+    logits = linear(x, w.output)                           # [T or 1, V]
     return logits if all_logits else logits[0]

@@ -186,6 +186,11 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return _top_k(np.ascontiguousarray(logits, dtype=np.float32), int(k))
 
 
+def kernels() -> list:
+    """The numba dispatchers warmup() loads (for the start-up's warm-cache check)."""
+    return [_top_k, _rms_norm_rows, _rope_rows] if HAVE_NUMBA else []
+
+
 def warmup() -> None:
     """Load (or compile) the numba twins before the first token needs them."""
     if HAVE_NUMBA:

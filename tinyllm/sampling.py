@@ -62,3 +62,9 @@ class Sampler:
         scaled = logits[cand].astype(np.float64) / s.temperature
         p = softmax(scaled)
         return int(cand[self.rng.choice(len(cand), p=p)])
+
+
+def sampler_from_args(args) -> Sampler:
+    """The sampler the CLI's --temp/--top-k/--top-p/--min-p/--repeat-penalty/--seed ask for."""
+    return Sampler(SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                                   min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed))

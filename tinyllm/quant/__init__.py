@@ -6,9 +6,16 @@
 
 One module per family of formats (float, q8_0, q4, q5, kquants, iq4) holds the
 block layout, a numpy reference dequantizer (bit-exact with gguf-py), the numpy
-matmul fallback, and a numba `unpack_row`.  kernels.py holds the one numba kernel
-all block formats share; activations.py rounds x the way llama.cpp does before
-each kind of dot product.
+matmul fallback, and its numba pieces: `unpack_row` for prefill and the `dot4`s for
+decode, which rows.py's format-agnostic drivers turn into that format's kernels.
+activations.py rounds x the way llama.cpp does before each kind of dot product.
+
+numerics (per call) says what x looks like inside the dot products:
+    "decode"  x rounded to 8 bits as llama.cpp does in one-token steps over the formats
+              with an int8 kernel (Q8_0 Q4_0 Q4_1 Q5_0 Q4_K Q6_K); x as it is elsewhere
+    "exact"   x as it is everywhere
+    "llama"   x rounded everywhere, as llama.cpp does
+(activations.py says why "decode" is the default.)
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TinyLLMError
-from ..jit import HAVE_NUMBA, call_serial
+from ..jit import call_serial
 from . import float as _float, q4, q5, q8_0, kquants, iq4
-from .decode_q8 import TYPES as INT8_DECODE_TYPES
-from .activations import ROUND_IN_DECODE, ROUND_LIKE_LLAMA_CPP
 from .common import F16_TO_F32, QuantFormat, row_chunks
+
+NUMERICS = ("decode", "exact", "llama")
 
 # name -> QuantFormat, in the order they are listed to users
 FORMATS: dict[str, QuantFormat] = {}
@@ -28,11 +35,8 @@ for _mod in (_float, q8_0, q4, q5, kquants, iq4):
     for _f in _mod.FORMATS:
         FORMATS[_f.name] = _f
 _BY_TYPE = {f.ggml_type: f for f in FORMATS.values()}
-if HAVE_NUMBA:
-    from .kernels import linear_blocks
-    for _f in FORMATS.values():
-        if _f.unpack_row is not None:
-            _f.kernel = linear_blocks
+# the formats with int8 decode kernels, by ggml type id
+INT8_DECODE_TYPES = tuple(f.ggml_type for f in FORMATS.values() if f.int8_decode)
 
 # Matrix-vector products on matrices smaller than this run on one thread: waking the
 # other threads costs more than it saves.  Measured on an idle 2-core machine, a 69 KB
@@ -86,14 +90,8 @@ class QTensor:
         self.n_rows, self.n_cols = raw.shape[0], n_cols
         self.nbytes = raw.nbytes
         self.shape = (self.n_rows, self.n_cols)
-        self._w = f.weight_view(raw)     # what the numba kernel reads (a view)
-        self._kernel, self._kernel_args = f.kernel, f.kernel_args
+        self._w = f.weight_view(raw)     # what the numba kernels read (a view)
         self._serial = self.nbytes < SERIAL_BELOW_BYTES
-        # one-row matvecs straight from the bytes, where the format has them (QuantFormat.matvecs):
-        #   _matvec_q8  x rounded to 8 bits, int8 dot products: decode steps
-        #   _matvec     x as it is
-        self._rounds_in_decode = ROUND_IN_DECODE and f.ggml_type in INT8_DECODE_TYPES
-        self._matvec_q8, self._matvec = f.matvecs()
 
     def __repr__(self):
         return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"
@@ -117,35 +115,38 @@ def linear_exact_np(w: QTensor, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False) -> np.ndarray:
+def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False,
+           numerics: str = "decode") -> np.ndarray:
     """y = x @ W^T.   x (n_cols,) -> (n_rows,)   or   x (T, n_cols) -> (T, n_rows).
 
-    decode=True (a one-token step) over Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K rounds x to 8 bits
-    first, as llama.cpp does, for int8 dot products; otherwise x is used as it is.
-    TINYLLM_ACTIVATIONS changes that (see activations.py)."""
+    decode=True says this is a one-token step; `numerics` (module docstring) says whether
+    x is rounded to 8 bits first, as llama.cpp does, for int8 dot products."""
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
-    rounded = ROUND_LIKE_LLAMA_CPP or (decode and w._rounds_in_decode)
-    matvec = (w._matvec_q8 if rounded else w._matvec) if x.size == w.n_cols else None
+    f = w.fmt
+    rounded = numerics == "llama" or (numerics == "decode" and decode and
+                                      f.ggml_type in INT8_DECODE_TYPES)
+    int8, plain = f.matvecs(numerics)
+    matvec = (int8 if rounded else plain) if x.size == w.n_cols else None
     if matvec is not None and not w._serial:
         # one row: straight to the fused kernel (saves ~5 us a call)
         y = np.empty(x.shape[:-1] + (w.n_rows,), np.float32) if out is None else out
-        matvec(w._w, x.reshape(-1), y.reshape(-1), w.ggml_type, F16_TO_F32)
+        matvec(w._w, x.reshape(-1), y.reshape(-1), F16_TO_F32)
         return y
     shape = x.shape[:-1] + (w.n_rows,)
     x2 = x.reshape(-1, w.n_cols)                     # (T, n), a view
     if out is None:
         out = np.empty(shape, np.float32)
     y2 = out.reshape(x2.shape[0], w.n_rows)          # a view when out is contiguous
-    if w._kernel is None:
-        y2[:] = w.fmt.linear_np(w.raw, x2) if rounded else linear_exact_np(w, x2)
+    if f.prefill is None and matvec is None:         # no numba (or F32 prefill): numpy
+        y2[:] = f.linear_np(w.raw, x2) if rounded else linear_exact_np(w, x2)
     elif matvec is not None:
-        call_serial(matvec, w._w, x2[0], y2[0], w.ggml_type, F16_TO_F32)
+        call_serial(matvec, w._w, x2[0], y2[0], F16_TO_F32)
     elif w._serial and x2.shape[0] == 1:
-        call_serial(w._kernel, w._w, x2, y2, *w._kernel_args)
+        call_serial(f.prefill, w._w, x2, y2, f.act_kind(rounded), F16_TO_F32, f.aux)
     else:
-        w._kernel(w._w, x2, y2, *w._kernel_args)
+        f.prefill(w._w, x2, y2, f.act_kind(rounded), F16_TO_F32, f.aux)
     return out
 
 
-__all__ = ["QTensor", "linear", "dequantize", "supported_types", "FORMATS", "HAVE_NUMBA"]
+__all__ = ["QTensor", "linear", "dequantize", "supported_types", "FORMATS", "NUMERICS"]

@@ -12,10 +12,11 @@ loop is an integer dot product per block:
     F32                          F32           unchanged
 
 tinyllm does this where it pays -- one-token decode -- and nowhere else by default.
-TINYLLM_ACTIVATIONS chooses:
+The `numerics` of a call (Model(..., numerics=), linear(..., numerics=); the CLI's default
+comes from TINYLLM_ACTIVATIONS) chooses:
 
   decode (default)  x rounded as llama.cpp does for a one-token matvec over Q8_0,
-                    Q4_0, Q4_1, Q5_0, Q4_K and Q6_K weights (decode_q8.py: an int8 dot
+                    Q4_0, Q4_1, Q5_0, Q4_K and Q6_K weights (their matvec_int8: an int8 dot
                     product, 2-3x faster than multiplying in float: decode is a race
                     against memory bandwidth and this is what keeps up with it); x as it
                     is (float32) everywhere else, prefill and perplexity included.
@@ -54,7 +55,6 @@ reach +128 and is clipped to 127).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -66,20 +66,17 @@ if HAVE_NUMBA:
 QK = 32     # block of Q8_0 / Q8_1
 QK_K = 256  # super-block of Q8_K and the k-quants
 
-MODE = os.environ.get("TINYLLM_ACTIVATIONS", "decode").strip().lower() or "decode"
-if MODE not in ("decode", "exact", "llama"):
-    raise ValueError(f"TINYLLM_ACTIVATIONS={MODE!r}: expected decode, exact or llama")
-# True: round x like llama.cpp before every quantized dot (see the module docstring).
-ROUND_LIKE_LLAMA_CPP = MODE == "llama"
-# True: round x in one-token matvecs over the formats decode_q8.py has int8 kernels for.
-ROUND_IN_DECODE = MODE in ("decode", "llama")
 
 
 # ---- numpy versions: x (T, n) float32 ---------------------------------------------------------
 def round_away_np(v: np.ndarray) -> np.ndarray:
-    """C roundf: nearest integer, ties away from zero (np.round rounds ties to even)."""
-    t = np.trunc(v)
-    return t + np.where(np.abs(v - t) >= 0.5, np.sign(v), 0).astype(v.dtype)
+    """C's roundf: half away from zero (np.round rounds halves to even).  Not trunc(v + 0.5):
+    v + 0.5 itself can round up, e.g. 0.49999997 + 0.5 == 1.0f.  The fraction a - floor(a)
+    is exact; adding 0 makes -0 a plain 0, as C's (int) cast would.  (round_away below is
+    the same for numba.)"""
+    a = np.abs(v)
+    fl = np.floor(a)
+    return (np.copysign(fl + (a - fl >= np.float32(0.5)), v) + np.float32(0)).astype(v.dtype)
 
 
 def to_f16_np(v: np.ndarray) -> np.ndarray:
@@ -95,23 +92,24 @@ def to_bf16_np(x: np.ndarray) -> np.ndarray:
     return r.view(np.float32)
 
 
-def quantize_q8_0_np(x: np.ndarray):
-    """x (T, n) -> q (T, n/32, 32) float32 integers in [-127, 127], d (T, n/32) f16-rounded."""
+def _q8_np(x: np.ndarray):
+    """x (T, n) -> q (T, n/32, 32) float32 integers in [-127, 127], d (T, n/32) before f16."""
     xb = x.reshape(x.shape[0], -1, QK).astype(np.float32)
     d = np.abs(xb).max(axis=-1) / np.float32(127)
     inv_d = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    q = round_away_np(xb * inv_d[..., None])
+    return round_away_np(xb * inv_d[..., None]), d
+
+
+def quantize_q8_0_np(x: np.ndarray):
+    """x (T, n) -> q (T, n/32, 32) float32 integers in [-127, 127], d (T, n/32) f16-rounded."""
+    q, d = _q8_np(x)
     return q, to_f16_np(d)
 
 
 def quantize_q8_1_np(x: np.ndarray):
     """Q8_0 plus s = d * sum(q) per block (f16), used to fold in Q4_1/Q5_1's offset m."""
-    xb = x.reshape(x.shape[0], -1, QK).astype(np.float32)
-    d = np.abs(xb).max(axis=-1) / np.float32(127)
-    inv_d = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    q = round_away_np(xb * inv_d[..., None])
-    s = q.sum(axis=-1) * d
-    return q, to_f16_np(d), to_f16_np(s)
+    q, d = _q8_np(x)
+    return q, to_f16_np(d), to_f16_np(q.sum(axis=-1) * d)
 
 
 def quantize_q8_K_np(x: np.ndarray):
@@ -144,17 +142,28 @@ def round_to_f16(v):
     return through_f16(v)
 
 
+@njit(inline="always")
+def _q8_block(x, xq, b):
+    """Block b of x rounded into xq: d = max|x| / 127, q = roundf(x / d).  Returns d (before
+    it is stored as f16) and the sum of the q."""
+    amax = np.float32(0.0)
+    for k in range(QK):
+        amax = max(amax, abs(x[b * QK + k]))
+    d = amax / np.float32(127.0)
+    inv_d = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+    total = 0
+    for k in range(QK):
+        q = round_away(x[b * QK + k] * inv_d)
+        xq[b * QK + k] = q
+        total += int(q)
+    return d, total
+
+
 @njit
 def quantize_q8_0(x, xq, xd):
     """Fill xq (n,) with the Q8_0 integers of x and xd (n/32,) with the f16-rounded scales."""
     for b in range(x.shape[0] // QK):
-        amax = np.float32(0.0)
-        for k in range(QK):
-            amax = max(amax, abs(x[b * QK + k]))
-        d = amax / np.float32(127.0)
-        inv_d = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        for k in range(QK):
-            xq[b * QK + k] = round_away(x[b * QK + k] * inv_d)
+        d, _ = _q8_block(x, xq, b)
         xd[b] = round_to_f16(d)
 
 
@@ -162,16 +171,7 @@ def quantize_q8_0(x, xq, xd):
 def quantize_q8_1(x, xq, xd, xs):
     """Q8_0 plus xs[b] = f16(d * sum(q))."""
     for b in range(x.shape[0] // QK):
-        amax = np.float32(0.0)
-        for k in range(QK):
-            amax = max(amax, abs(x[b * QK + k]))
-        d = amax / np.float32(127.0)
-        inv_d = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        total = 0
-        for k in range(QK):
-            q = round_away(x[b * QK + k] * inv_d)
-            xq[b * QK + k] = q
-            total += int(q)
+        d, total = _q8_block(x, xq, b)
         xd[b] = round_to_f16(d)
         xs[b] = round_to_f16(np.float32(total) * d)
 
@@ -254,3 +254,58 @@ def linear_q8_K_act(unpack, raw, x, chunks):
             y -= (dmin.T[:, :, None].astype(np.float64) * dx.T[:, None, :] * summ).sum(axis=0)
         out[:, r0:r1] = y.T
     return out
+
+
+# ---- x for the int8 decode kernels: one row, rounded once per matvec ---------------------------
+# Each returns the tuple its formats' dot4 takes: xq int8 (n,) (the integers, straight in),
+# the scales xd, and the sums of q_x that fold in biases and mins.
+@njit(inline="always")
+def _empty_on_a_line(n):
+    """np.empty(n, np.int8), starting on a 64-byte cache line: every 32-byte load of a
+    block of x then stays within one line (a load split over two lines costs Q6_K a
+    quarter of its speed: 24 -> 18 GB/s on one core with x 16 bytes into a line)."""
+    buf = np.empty(n + 63, np.int8)
+    o = (-buf.ctypes.data) % 64
+    return buf[o:o + n]
+
+
+@njit
+def x_q8_0(x):
+    """Q8_0: (xq, xd per 32)."""
+    xq, xd = _empty_on_a_line(x.shape[0]), np.empty(x.shape[0] // QK, np.float32)
+    quantize_q8_0(x, xq, xd)
+    return xq, xd
+
+
+@njit
+def x_q8_0_biased(x, c):
+    """Q8_0 for codes stored biased by c (Q4_0: 8, Q5_0: 16): (xq, xd, xi), xi[i] =
+    -c (q_x[4i] + .. + q_x[4i+3]), the integer dot product's starting value per lane."""
+    xq, xd = x_q8_0(x)
+    xi = np.empty(x.shape[0] // 4, np.int32)
+    for i in range(xi.shape[0]):
+        xi[i] = -c * (np.int32(xq[4 * i]) + np.int32(xq[4 * i + 1]) + np.int32(xq[4 * i + 2]) + np.int32(xq[4 * i + 3]))
+    return xq, xd, xi
+
+
+@njit
+def x_q8_1(x):
+    """Q8_1: (xq, xd, xs), xs[b] = f16(d sum(q)) per 32: what multiplies Q4_1's m."""
+    n = x.shape[0]
+    xq, xd, xs = _empty_on_a_line(n), np.empty(n // QK, np.float32), np.empty(n // QK, np.float32)
+    quantize_q8_1(x, xq, xd, xs)
+    return xq, xd, xs
+
+
+@njit
+def x_q8_K(x, per):
+    """Q8_K: (xq, xd per 256, sums of q_x per `per` = 16 (Q6_K) or 32 (Q4_K))."""
+    n = x.shape[0]
+    xq, xd, bs16 = _empty_on_a_line(n), np.empty(n // QK_K, np.float32), np.empty(n // 16, np.int32)
+    quantize_q8_K(x, xq, xd, bs16)
+    if per == 16:
+        return xq, xd, bs16
+    bs32 = np.empty(n // 32, np.int32)
+    for j in range(n // 32):
+        bs32[j] = bs16[2 * j] + bs16[2 * j + 1]
+    return xq, xd, bs32

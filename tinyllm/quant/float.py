@@ -15,6 +15,7 @@ import numpy as np
 from ..jit import FASTMATH, njit, prange
 from .activations import round_to_f16, to_bf16_np, to_f16_np
 from .common import QuantFormat, row_chunks
+from .rows import ACT_OWN_TYPE
 
 
 def _as(raw, dtype):
@@ -39,11 +40,11 @@ def dot_f32(row, x):
 
 
 @njit(parallel=True)
-def matvec_f32(w, x, y, fmt, lut):
+def matvec_f32(w, x, y, lut):
     """y (R,) = W (R, n) . x (n,), w: the F32 rows.  A decode step on numba's threads:
     through numpy, BLAS brings a second pool of threads to the same cores, and with
     numba's pool still spinning after the step's other kernels, SmolLM2 F32 decoded at
-    3.8 tok/s.  (The signature is decode.matvec's; fmt and lut are unused.)"""
+    3.8 tok/s.  (The signature is every matvec's; lut is unused.)"""
     for r in prange(w.shape[0]):
         y[r] = dot_f32(w[r], x)
 
@@ -82,25 +83,30 @@ def round_to_bf16(v):
     return np.array([np.uint32(r) << np.uint32(16)], np.uint32).view(np.float32)[0]
 
 
-@njit(parallel=True)
-def linear_half(w, x, y, fmt, act, lut, aux):
-    """y (T, R) = x (T, n) . W^T for F16 (lut: f16 -> f32) or BF16 (aux: bf16 -> f32)
-    weights, w: the rows as uint16 bit patterns.  With act == 5 x is first rounded to
-    the weight's own type, as llama.cpp does.  (The signature is every kernel's: see
-    kernels.linear_blocks.)"""
-    table = aux if fmt == 30 else lut
+@njit(inline="always")
+def linear_half(w, x, y, rounded, round_x, table):
+    """y (T, R) = x (T, n) . W^T for F16 or BF16 weights, w: the rows as uint16 bit
+    patterns, table: their float32 values.  rounded: x is first rounded to the weight's
+    own type (round_x), as llama.cpp does."""
     xh = np.empty_like(x)
     for t in range(x.shape[0]):
         for k in range(x.shape[1]):
-            if act != 5:
-                xh[t, k] = x[t, k]
-            elif fmt == 30:
-                xh[t, k] = round_to_bf16(x[t, k])
-            else:
-                xh[t, k] = round_to_f16(x[t, k])
+            xh[t, k] = round_x(x[t, k]) if rounded else x[t, k]
     for r in prange(w.shape[0]):
         for t in range(x.shape[0]):
             y[t, r] = dot_half(w[r], xh[t], table)
+
+
+@njit(parallel=True)
+def prefill_f16(w, x, y, act, lut, aux):
+    """(The signature is every prefill kernel's: lut is f16 -> f32.)"""
+    linear_half(w, x, y, act == ACT_OWN_TYPE, round_to_f16, lut)
+
+
+@njit(parallel=True)
+def prefill_bf16(w, x, y, act, lut, aux):
+    """(aux: bf16 -> f32.)"""
+    linear_half(w, x, y, act == ACT_OWN_TYPE, round_to_bf16, aux)
 
 
 # ---- BF16 --------------------------------------------------------------------------------------
@@ -132,9 +138,8 @@ def _f32(raw):
 
 
 FORMATS = [
-    QuantFormat("F32", 0, 1, 4, "f32", dequantize_f32, linear_f32, weight_view=_f32),
-    QuantFormat("F16", 1, 1, 2, "f16", dequantize_f16, linear_f16_np, weight_view=_u16,
-                kernel=linear_half),
-    QuantFormat("BF16", 30, 1, 2, "bf16", dequantize_bf16, linear_bf16, weight_view=_u16,
-                kernel=linear_half, aux=BF16_TO_F32),
+    QuantFormat("F32", "f32", dequantize_f32, linear_f32, weight_view=_f32, matvec_float=matvec_f32),
+    QuantFormat("F16", "f16", dequantize_f16, linear_f16_np, weight_view=_u16, prefill=prefill_f16),
+    QuantFormat("BF16", "bf16", dequantize_bf16, linear_bf16, weight_view=_u16, prefill=prefill_bf16,
+                aux=BF16_TO_F32),
 ]

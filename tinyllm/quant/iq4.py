@@ -18,6 +18,7 @@ import numpy as np
 from ..jit import njit
 from .activations import QK, QK_K, linear_q8_0_act, linear_q8_K_act
 from .common import QuantFormat, f16_at, f16_field, nibbles, row_chunks
+from .rows import prefill_rows
 
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
                    dtype=np.float32)
@@ -68,12 +69,12 @@ def linear_iq4_xs(raw, x):
     return linear_q8_K_act(by_rows, raw, x, row_chunks(raw.shape[0], n_cols, x.shape[0]))
 
 
-# ---- numba: one row -> float32 weights (see kernels.py); aux = KVALUES ------------------------
+# ---- prefill: one row -> float32 weights (rows.prefill_rows); aux = KVALUES ------------------------
 @njit(inline="never")
 def unpack_row_iq4_nl(row, wf, gm, lut, aux):
     """wf (n,) = d * KVALUES[q]."""
     nb = row.shape[0] // SIZE_NL
-    half = wf.shape[0] // nb // 2       # 16, known only at run time (see kernels.py)
+    half = wf.shape[0] // nb // 2       # 16, known only at run time (see rows.py)
     for b in range(nb):
         o = b * SIZE_NL
         d = f16_at(row, o, lut)
@@ -103,9 +104,20 @@ def unpack_row_iq4_xs(row, wf, gm, lut, aux):
                 wf[x0 + half + k] = s * aux[v >> 4]
 
 
+# ---- the kernels (decode takes them too: no one-row kernels of their own) ----------------------
+@njit(parallel=True)
+def prefill_iq4_nl(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_iq4_nl, w, x, y, act, lut, aux)
+
+
+@njit(parallel=True)
+def prefill_iq4_xs(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_iq4_xs, w, x, y, act, lut, aux)
+
+
 FORMATS = [
-    QuantFormat("IQ4_NL", 20, QK, SIZE_NL, "q8_0", dequantize_iq4_nl, linear_iq4_nl,
-                unpack_row_iq4_nl, aux=KVALUES),
-    QuantFormat("IQ4_XS", 23, QK_K, SIZE_XS, "q8_K", dequantize_iq4_xs, linear_iq4_xs,
-                unpack_row_iq4_xs, aux=KVALUES),
+    QuantFormat("IQ4_NL", "q8_0", dequantize_iq4_nl, linear_iq4_nl, unpack_row_iq4_nl, aux=KVALUES,
+                prefill=prefill_iq4_nl),
+    QuantFormat("IQ4_XS", "q8_K", dequantize_iq4_xs, linear_iq4_xs, unpack_row_iq4_xs, aux=KVALUES,
+                prefill=prefill_iq4_xs),
 ]

@@ -26,11 +26,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import njit
-from .activations import QK_K, linear_q8_K_act
-from .common import QuantFormat, f16_at, f16_field, row_chunks
+from ..ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
+from ..jit import FASTMATH, HAVE_NUMBA, njit
+from .activations import QK_K, linear_q8_K_act, x_q8_K
+from .common import QuantFormat, f16_at, f16_field, hi, lo, row_chunks
+from .rows import matvec_rows, prefill_rows, x_with_sums
 
-SIZE = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+if HAVE_NUMBA:
+    from .simd import (add, dot_scaled, fma, hsum, int8x8, lane, load_i32x8, mul, nibbles_hi,
+                       nibbles_lo, q4_K_scales, scale_pair, with_2bits, zeros_f32x8, zeros_i32x8)
+    from .simd import f16_at as f16_of
+
 
 
 # ---- numpy: unpack super-blocks into integers and scales --------------------------------------
@@ -124,11 +130,11 @@ def _linear(unpack, size):
     return linear_np
 
 
-# ---- numba: one row -> float32 weights (see kernels.py) ---------------------------------------
+# ---- prefill: one row -> float32 weights (rows.prefill_rows) ------------------------------------
 # wf (n,) = (d sc_j) q - (dmin m_j): the row dequantized exactly as dequantize_blocks does.
 # The mins need no separate term: Q8_K's scale is a plain float32, so folding them into
 # the weights changes only float rounding.  Inner trip counts (16, 32) are derived from
-# array shapes at run time: see kernels.py for why.
+# array shapes at run time: see rows.py for why.
 
 @njit(inline="always")
 def scale_min_at(row, o, j):
@@ -248,15 +254,226 @@ def unpack_row_q6_K(row, wf, gm, lut, aux):
                     wf[x0 + 96 + l] = d4 * np.float32(((b >> 4) | ((c >> 2) & 48)) - 32)
 
 
-def _format(name, ggml_type, unpack, unpack_row):
-    return QuantFormat(name, ggml_type, QK_K, SIZE[name], "q8_K", _dequantizer(unpack),
-                       _linear(unpack, SIZE[name]), unpack_row)
+# ---- decode with int8 x: four rows' dot products (rows.matvec_rows) -----------------------------
+# Q8_K x: one float d_x per 256, and the sums of q_x per sub-block (bs32 for Q4_K's 32,
+# bs16 for Q6_K's 16).  A sub-block's dot q_j . q_x lands in 8 int32 lanes (simd.dot_scaled
+# multiplies them by sc_j as integers); the super-block scale turns them into floats.
+#   Q4_K:  y = d_w d_x sum_j sc_j (q_j . q_x)  -  dmin_w d_x sum_j m_j bs32[j]
+#   Q6_K:  y = d_w d_x (sum_j sc_j (q_j . q_x)  -  32 sum_j sc_j bs16[j])   (codes stored +32)
+@njit(inline="always")
+def _q4_K_row(acc, w, o, B, xq, xd, bs32):
+    sc, m = q4_K_scales(w, o + 4)
+    even = odd = zeros_i32x8()          # two chains of multiply-adds: half the latency
+    for p in range(4):
+        q, xo = o + 16 + 32 * p, 256 * B + 64 * p
+        even = dot_scaled(even, nibbles_lo(w, q), xq, xo, lane(sc, 2 * p))
+        odd = dot_scaled(odd, nibbles_hi(w, q), xq, xo + 32, lane(sc, 2 * p + 1))
+    d = xd[B]
+    acc = fma(acc, add(even, odd), f16_of(w, o) * d)
+    # the mins' lanes m_j bs32[j] go into the same float lanes, scaled by -dmin d_x
+    return fma(acc, mul(m, load_i32x8(bs32, 8 * B)), -(f16_of(w, o + 2) * d))
+
+
+@njit(inline="always")
+def _q6_K_row(acc, w, o, B, xq, xd, bs16):
+    lo = hi = zeros_i32x8()             # two chains of multiply-adds: half the latency
+    for h in range(2):
+        ql, qh, xo, sc = o + 64 * h, o + 128 + 32 * h, 256 * B + 128 * h, o + 192 + 8 * h
+        # each dot covers two sub-blocks: lanes 0..3 the first 16 weights, 4..7 the next
+        lo = dot_scaled(lo, with_2bits(nibbles_lo(w, ql), w, qh, 0), xq, xo, scale_pair(w, sc))
+        lo = dot_scaled(lo, with_2bits(nibbles_lo(w, ql + 32), w, qh, 2), xq, xo + 32, scale_pair(w, sc + 2))
+        hi = dot_scaled(hi, with_2bits(nibbles_hi(w, ql), w, qh, 4), xq, xo + 64, scale_pair(w, sc + 4))
+        hi = dot_scaled(hi, with_2bits(nibbles_hi(w, ql + 32), w, qh, 6), xq, xo + 96, scale_pair(w, sc + 6))
+    d = f16_of(w, o + 208) * xd[B]
+    acc = fma(acc, add(lo, hi), d)
+    # the bias 32 sum_j sc_j bs16[j], lane j of each half: scales 0..7, then 8..15
+    bias = add(mul(int8x8(w, o + 192), load_i32x8(bs16, 16 * B)),
+               mul(int8x8(w, o + 200), load_i32x8(bs16, 16 * B + 8)))
+    return fma(acc, bias, np.float32(-32.0) * d)
+
+
+# Four rows of Q4_K, two at a time: a super-block of each of the two rows per step, into
+# 8 float lanes a row.  Four rows in one loop need more than the 32 vector registers (each
+# row's scales and mins on top of the shared x), and the spilled values, stored and
+# reloaded in every step, made the speed depend on where x happened to lie in memory:
+# 14.6 to 18.0 GB/s on one core, by its offset in a cache line.  Two rows never spill:
+# 17.3 GB/s at every offset (scripts/bench_kernels.py, 5632 x 2048).
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_int8_q4_K(w0, w1, w2, w3, xr, lut):
+    xq, xd, bs32 = xr
+    a0, a1 = _dot2_q4_K(w0, w1, xq, xd, bs32)
+    a2, a3 = _dot2_q4_K(w2, w3, xq, xd, bs32)
+    return a0, a1, a2, a3
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _dot2_q4_K(w0, w1, xq, xd, bs32):
+    a0, a1 = zeros_f32x8(), zeros_f32x8()
+    for B in range(xd.shape[0]):
+        o = 144 * B
+        a0, a1 = _q4_K_row(a0, w0, o, B, xq, xd, bs32), _q4_K_row(a1, w1, o, B, xq, xd, bs32)
+    return hsum(a0), hsum(a1)
+
+
+# Q6_K's four rows fit the registers: one super-block of each row per step.
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_int8_q6_K(w0, w1, w2, w3, xr, lut):
+    xq, xd, bs16 = xr
+    a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
+    for B in range(xd.shape[0]):
+        o = 210 * B
+        a0, a1 = _q6_K_row(a0, w0, o, B, xq, xd, bs16), _q6_K_row(a1, w1, o, B, xq, xd, bs16)
+        a2, a3 = _q6_K_row(a2, w2, o, B, xq, xd, bs16), _q6_K_row(a3, w3, o, B, xq, xd, bs16)
+    return hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+
+
+# ---- decode with x as it is ---------------------------------------------------------------------
+# Per sub-block the Q4_K sum is  d sc_j (q . x) - dmin m_j sum(x): the same shape as Q4_1.
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_float_q4_K(w0, w1, w2, w3, xr, lut):
+    x, xsum = xr
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    n = x.shape[0] // xsum.shape[0]                # 32 weights per sub-block, known at run time
+    for B in range(x.shape[0] // 256):
+        o = B * 144
+        d0, d1, d2, d3 = f16_at(w0, o, lut), f16_at(w1, o, lut), f16_at(w2, o, lut), f16_at(w3, o, lut)
+        m0, m1, m2, m3 = (f16_at(w0, o + 2, lut), f16_at(w1, o + 2, lut), f16_at(w2, o + 2, lut),
+                          f16_at(w3, o + 2, lut))
+        for p in range(4):
+            q, xo = o + 16 + n * p, B * 256 + 2 * n * p
+            l0 = l1 = l2 = l3 = h0 = h1 = h2 = h3 = np.float32(0.0)
+            for k in range(n):
+                xl, xh = x[xo + k], x[xo + n + k]
+                c0, c1, c2, c3 = w0[q + k], w1[q + k], w2[q + k], w3[q + k]
+                l0 += np.float32(lo(c0)) * xl
+                h0 += np.float32(hi(c0)) * xh
+                l1 += np.float32(lo(c1)) * xl
+                h1 += np.float32(hi(c1)) * xh
+                l2 += np.float32(lo(c2)) * xl
+                h2 += np.float32(hi(c2)) * xh
+                l3 += np.float32(lo(c3)) * xl
+                h3 += np.float32(hi(c3)) * xh
+            xs_lo, xs_hi = xsum[8 * B + 2 * p], xsum[8 * B + 2 * p + 1]
+            a0 += _q4_K_pair(w0, o, p, d0, m0, l0, h0, xs_lo, xs_hi)
+            a1 += _q4_K_pair(w1, o, p, d1, m1, l1, h1, xs_lo, xs_hi)
+            a2 += _q4_K_pair(w2, o, p, d2, m2, l2, h2, xs_lo, xs_hi)
+            a3 += _q4_K_pair(w3, o, p, d3, m3, l3, h3, xs_lo, xs_hi)
+    return a0, a1, a2, a3
+
+
+@njit(inline="always")
+def _q4_K_pair(row, o, p, d, dmin, s_lo, s_hi, xs_lo, xs_hi):
+    """sub-blocks 2p and 2p+1 of one row: d sc (q . x) - dmin m sum(x), for both"""
+    sc0, m0 = scale_min_at(row, o + 4, 2 * p)
+    sc1, m1 = scale_min_at(row, o + 4, 2 * p + 1)
+    return (d * (np.float32(sc0) * s_lo + np.float32(sc1) * s_hi)
+            - dmin * (np.float32(m0) * xs_lo + np.float32(m1) * xs_hi))
+
+
+@njit(inline="always")
+def q6(nibble, two_bits):
+    """a 6-bit code minus its bias of 32, as int8 (narrow, as common.lo/hi)"""
+    return np.int8(np.uint8(nibble | two_bits) - np.uint8(32))
+
+
+@njit(inline="always")
+def _q6_K_16(row, x, ql, qh, xo, l0, n, sc, o_d, lut):
+    """One row, bytes l in [l0, l0 + n) of a half (n = 16): the four sub-blocks they
+    feed, each summed as q . x and scaled by d sc_j."""
+    s1 = s2 = s3 = s4 = np.float32(0.0)
+    for l in range(l0, l0 + n):
+        a, b, c = row[ql + l], row[ql + 32 + l], row[qh + l]
+        s1 += np.float32(q6(lo(a), np.uint8((c & 3) << 4))) * x[xo + l]
+        s2 += np.float32(q6(lo(b), np.uint8((c & 12) << 2))) * x[xo + 32 + l]
+        s3 += np.float32(q6(hi(a), np.uint8(c & 48))) * x[xo + 64 + l]
+        s4 += np.float32(q6(hi(b), np.uint8((c >> 2) & 48))) * x[xo + 96 + l]
+    return f16_at(row, o_d, lut) * (np.float32(np.int8(row[sc])) * s1 + np.float32(np.int8(row[sc + 2])) * s2
+                                    + np.float32(np.int8(row[sc + 4])) * s3 + np.float32(np.int8(row[sc + 6])) * s4)
+
+
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_float_q6_K(w0, w1, w2, w3, xr, lut):
+    x, xsum = xr
+    hb = x.shape[0] // xsum.shape[0] // 2          # 16 bytes l per group, known at run time
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for B in range(x.shape[0] // 256):
+        o = B * 210
+        for h in range(2):
+            ql, qh, xo = o + 64 * h, o + 128 + 32 * h, B * 256 + 128 * h
+            for g in range(2):                       # bytes l in [16g, 16g + 16): sub-blocks 8h + g + {0,2,4,6}
+                a0 += _q6_K_16(w0, x, ql, qh, xo, 16 * g, hb, o + 192 + 8 * h + g, o + 208, lut)
+                a1 += _q6_K_16(w1, x, ql, qh, xo, 16 * g, hb, o + 192 + 8 * h + g, o + 208, lut)
+                a2 += _q6_K_16(w2, x, ql, qh, xo, 16 * g, hb, o + 192 + 8 * h + g, o + 208, lut)
+                a3 += _q6_K_16(w3, x, ql, qh, xo, 16 * g, hb, o + 192 + 8 * h + g, o + 208, lut)
+    return a0, a1, a2, a3
+
+
+# ---- the kernels: the row drivers with each format's pieces -------------------------------------
+@njit
+def x_q4_K(x):
+    return x_q8_K(x, 32)
+
+
+@njit
+def x_q6_K(x):
+    return x_q8_K(x, 16)
+
+
+@njit(parallel=True)
+def prefill_q2_K(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_q2_K, w, x, y, act, lut, aux)
+
+
+@njit(parallel=True)
+def prefill_q3_K(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_q3_K, w, x, y, act, lut, aux)
+
+
+@njit(parallel=True)
+def prefill_q4_K(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_q4_K, w, x, y, act, lut, aux)
+
+
+@njit(parallel=True)
+def prefill_q5_K(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_q5_K, w, x, y, act, lut, aux)
+
+
+@njit(parallel=True)
+def prefill_q6_K(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_q6_K, w, x, y, act, lut, aux)
+
+
+@njit(parallel=True)
+def matvec_int8_q4_K(w, x, y, lut):
+    matvec_rows(dot4_int8_q4_K, x_q4_K, w, x, y, lut)
+
+
+@njit(parallel=True)
+def matvec_float_q4_K(w, x, y, lut):
+    matvec_rows(dot4_float_q4_K, x_with_sums, w, x, y, lut)
+
+
+@njit(parallel=True)
+def matvec_int8_q6_K(w, x, y, lut):
+    matvec_rows(dot4_int8_q6_K, x_q6_K, w, x, y, lut)
+
+
+@njit(parallel=True)
+def matvec_float_q6_K(w, x, y, lut):
+    matvec_rows(dot4_float_q6_K, x_with_sums, w, x, y, lut)
+
+
+def _format(name, unpack, unpack_row, prefill, matvec_int8=None, matvec_float=None):
+    size = GGML_QUANT_SIZES[GGMLQuantizationType[name]][1]
+    return QuantFormat(name, "q8_K", _dequantizer(unpack), _linear(unpack, size), unpack_row,
+                       prefill=prefill, matvec_int8=matvec_int8, matvec_float=matvec_float)
 
 
 FORMATS = [
-    _format("Q2_K", 10, unpack_q2_K, unpack_row_q2_K),
-    _format("Q3_K", 11, unpack_q3_K, unpack_row_q3_K),
-    _format("Q4_K", 12, unpack_q4_K, unpack_row_q4_K),
-    _format("Q5_K", 13, unpack_q5_K, unpack_row_q5_K),
-    _format("Q6_K", 14, unpack_q6_K, unpack_row_q6_K),
+    _format("Q2_K", unpack_q2_K, unpack_row_q2_K, prefill_q2_K),
+    _format("Q3_K", unpack_q3_K, unpack_row_q3_K, prefill_q3_K),
+    _format("Q4_K", unpack_q4_K, unpack_row_q4_K, prefill_q4_K, matvec_int8_q4_K, matvec_float_q4_K),
+    _format("Q5_K", unpack_q5_K, unpack_row_q5_K, prefill_q5_K),
+    _format("Q6_K", unpack_q6_K, unpack_row_q6_K, prefill_q6_K, matvec_int8_q6_K, matvec_float_q6_K),
 ]

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import njit
-from .activations import linear_q8_0_act, linear_q8_1_act
-from .common import QuantFormat, f16_at, f16_field, nibbles, row_chunks, u32_field
+from ..jit import FASTMATH, njit
+from .activations import linear_q8_0_act, linear_q8_1_act, x_q8_0_biased
+from .common import QuantFormat, f16_at, f16_field, hi, lo, nibbles, row_chunks, u32_field
+from .q4 import dot4_int8_biased
+from .rows import matvec_rows, prefill_rows, x_with_sums
 
 BLOCK = 32
 SIZE_Q5_0, SIZE_Q5_1 = 22, 24
@@ -58,7 +60,7 @@ def linear_q5_1(raw, x):
     return linear_q8_1_act(unpack_q5_1, raw, x, row_chunks(raw.shape[0], n_cols, x.shape[0]))
 
 
-# ---- numba: one row -> integers and scales (see kernels.py) ----------------------------------
+# ---- prefill: one row -> float32 weights (rows.prefill_rows) ------------------------------------
 @njit(inline="always")
 def u32_at(row, o):
     return (np.int64(row[o]) | (np.int64(row[o + 1]) << 8) | (np.int64(row[o + 2]) << 16)
@@ -79,7 +81,7 @@ def unpack_q5_block(row, o_qh, d, wf, w0, half, offset):
 def unpack_row_q5_0(row, wf, gm, lut, aux):
     """wf (n,) = d * (q - 16)."""
     nb = row.shape[0] // SIZE_Q5_0
-    half = wf.shape[0] // nb // 2       # 16, known only at run time (see kernels.py)
+    half = wf.shape[0] // nb // 2       # 16, known only at run time (see rows.py)
     for b in range(nb):
         o = b * SIZE_Q5_0
         unpack_q5_block(row, o + 2, f16_at(row, o, lut), wf, b * 2 * half, half, 16)
@@ -96,9 +98,82 @@ def unpack_row_q5_1(row, wf, gm, lut, aux):
         unpack_q5_block(row, o + 4, f16_at(row, o, lut), wf, b * 2 * half, half, 0)
 
 
+# ---- decode: four rows' dot products (rows.matvec_rows) -----------------------------------------
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_int8_q5_0(w0, w1, w2, w3, xr, lut):
+    """x rounded to Q8_0, the bias 16 in xi (q4.dot4_int8_biased)."""
+    xq, xd, xi = xr
+    return dot4_int8_biased(w0, w1, w2, w3, xq, xd, xi, lut, True)
+
+
+@njit(inline="always")
+def qh_u32(row, o):
+    """qh as uint32 (u32_at's int64 would widen the code chain: see common.lo)"""
+    return (np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16)
+            | (np.uint32(row[o + 3]) << 24))
+
+
+@njit(inline="always")
+def q5(nibble, qh, k):
+    """a 4-bit code with bit k of qh as its 5th bit, as uint8 (narrow, as common.lo/hi)"""
+    return np.uint8(nibble | (((qh >> k) & 1) << 4))
+
+
+@njit(fastmath=FASTMATH, inline="never")
+def dot4_float_q5_0(w0, w1, w2, w3, xr, lut):
+    """x as it is: d (q . x) - 16 d sum(x) per block."""
+    x, xsum = xr
+    hb = x.shape[0] // xsum.shape[0] // 2          # 16, known at run time (rows.py)
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for b in range(xsum.shape[0]):
+        o, xo = b * (hb + 6), b * 2 * hb
+        h0, h1, h2, h3 = qh_u32(w0, o + 2), qh_u32(w1, o + 2), qh_u32(w2, o + 2), qh_u32(w3, o + 2)
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for k in range(hb):
+            xl, xh = x[xo + k], x[xo + hb + k]
+            k16 = k + 16
+            q0, q1, q2, q3 = w0[o + 6 + k], w1[o + 6 + k], w2[o + 6 + k], w3[o + 6 + k]
+            s0 += np.float32(q5(lo(q0), h0, k)) * xl + np.float32(q5(hi(q0), h0, k16)) * xh
+            s1 += np.float32(q5(lo(q1), h1, k)) * xl + np.float32(q5(hi(q1), h1, k16)) * xh
+            s2 += np.float32(q5(lo(q2), h2, k)) * xl + np.float32(q5(hi(q2), h2, k16)) * xh
+            s3 += np.float32(q5(lo(q3), h3, k)) * xl + np.float32(q5(hi(q3), h3, k16)) * xh
+        xs = np.float32(16.0) * xsum[b]
+        a0 += f16_at(w0, o, lut) * (s0 - xs)
+        a1 += f16_at(w1, o, lut) * (s1 - xs)
+        a2 += f16_at(w2, o, lut) * (s2 - xs)
+        a3 += f16_at(w3, o, lut) * (s3 - xs)
+    return a0, a1, a2, a3
+
+
+# ---- the kernels: the row drivers with each format's pieces -------------------------------------
+@njit
+def x_q5_0(x):
+    return x_q8_0_biased(x, 16)
+
+
+@njit(parallel=True)
+def prefill_q5_0(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_q5_0, w, x, y, act, lut, aux)
+
+
+@njit(parallel=True)
+def matvec_int8_q5_0(w, x, y, lut):
+    matvec_rows(dot4_int8_q5_0, x_q5_0, w, x, y, lut)
+
+
+@njit(parallel=True)
+def matvec_float_q5_0(w, x, y, lut):
+    matvec_rows(dot4_float_q5_0, x_with_sums, w, x, y, lut)
+
+
+@njit(parallel=True)
+def prefill_q5_1(w, x, y, act, lut, aux):
+    prefill_rows(unpack_row_q5_1, w, x, y, act, lut, aux)
+
+
 FORMATS = [
-    QuantFormat("Q5_0", 6, BLOCK, SIZE_Q5_0, "q8_0", dequantize_q5_0, linear_q5_0,
-                unpack_row_q5_0),
-    QuantFormat("Q5_1", 7, BLOCK, SIZE_Q5_1, "q8_1", dequantize_q5_1, linear_q5_1,
-                unpack_row_q5_1, mins="q8_1"),
+    QuantFormat("Q5_0", "q8_0", dequantize_q5_0, linear_q5_0, unpack_row_q5_0, prefill=prefill_q5_0,
+                matvec_int8=matvec_int8_q5_0, matvec_float=matvec_float_q5_0),
+    QuantFormat("Q5_1", "q8_1", dequantize_q5_1, linear_q5_1, unpack_row_q5_1, mins="q8_1",
+                prefill=prefill_q5_1),
 ]

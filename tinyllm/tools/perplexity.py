@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import TinyLLMError
+from ..errors import TinyLLMError
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import TinyLLMError
+from ..errors import TinyLLMError
 
 
 def kl_divergence(logp_base: np.ndarray, logp: np.ndarray) -> np.ndarray:

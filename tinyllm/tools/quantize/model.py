@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import TinyLLMError
-from ..gguf_file import GGUFFile
+from ...errors import TinyLLMError
+from ...gguf_file import GGUFFile
 from . import mixes, quantize_rows
 
 QUANTIZATION_VERSION = 2          # GGML_QNT_VERSION: the block layouts of ggml's formats
@@ -145,7 +145,7 @@ def float_rows(gguf: GGUFFile, name: str, r0: int, r1: int) -> np.ndarray:
     raw = gguf.raw(name)[r0:r1]
     if t.type_name == "F32":
         return raw.view(np.float32)
-    from ..quant import dequantize
+    from ...quant import dequantize
     return dequantize(raw, t.ggml_type)
 
 

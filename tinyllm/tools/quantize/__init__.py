@@ -15,24 +15,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from . import blocks, iq4, kquants
 
-# name -> (block_size, type_size, quantize_blocks: (n, block_size) float32 -> (n, type_size) uint8)
+# name -> quantize_blocks: (n, block_size) float32 -> (n, type_size) uint8
 _QUANTIZERS = {
-    "F32": (1, 4, blocks.quantize_f32),
-    "F16": (1, 2, blocks.quantize_f16),
-    "BF16": (1, 2, blocks.quantize_bf16),
-    "Q8_0": (32, 34, blocks.quantize_q8_0),
-    "Q4_0": (32, 18, blocks.quantize_q4_0),
-    "Q4_1": (32, 20, blocks.quantize_q4_1),
-    "Q5_0": (32, 22, blocks.quantize_q5_0),
-    "Q5_1": (32, 24, blocks.quantize_q5_1),
-    "Q2_K": (256, 84, kquants.quantize_q2_K),
-    "Q3_K": (256, 110, kquants.quantize_q3_K),
-    "Q4_K": (256, 144, kquants.quantize_q4_K),
-    "Q5_K": (256, 176, kquants.quantize_q5_K),
-    "Q6_K": (256, 210, kquants.quantize_q6_K),
-    "IQ4_NL": (32, 18, iq4.quantize_iq4_nl),
+    "F32": blocks.quantize_f32,
+    "F16": blocks.quantize_f16,
+    "BF16": blocks.quantize_bf16,
+    "Q8_0": blocks.quantize_q8_0,
+    "Q4_0": blocks.quantize_q4_0,
+    "Q4_1": blocks.quantize_q4_1,
+    "Q5_0": blocks.quantize_q5_0,
+    "Q5_1": blocks.quantize_q5_1,
+    "Q2_K": kquants.quantize_q2_K,
+    "Q3_K": kquants.quantize_q3_K,
+    "Q4_K": kquants.quantize_q4_K,
+    "Q5_K": kquants.quantize_q5_K,
+    "Q6_K": kquants.quantize_q6_K,
+    "IQ4_NL": iq4.quantize_iq4_nl,
 }
 QUANTIZABLE = tuple(_QUANTIZERS)
 
@@ -46,13 +47,13 @@ def block_shape(type_name: str) -> tuple[int, int]:
     """(block_size, type_size) of a quantizable type."""
     if type_name not in _QUANTIZERS:
         raise ValueError(f"cannot quantize to {type_name!r} (can: {', '.join(QUANTIZABLE)})")
-    return _QUANTIZERS[type_name][:2]
+    return tuple(GGML_QUANT_SIZES[GGMLQuantizationType[type_name]])
 
 
 def quantize_rows(x: np.ndarray, type_name: str) -> np.ndarray:
     """float32 (n_rows, n_cols) -> uint8 (n_rows, n_cols // block_size * type_size)."""
     block_size, type_size = block_shape(type_name)
-    quantize_blocks = _QUANTIZERS[type_name][2]
+    quantize_blocks = _QUANTIZERS[type_name]
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {x.shape}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import TinyLLMError
+from ..errors import TinyLLMError
 
 
 # ---- the table -------------------------------------------------------------------------------
@@ -192,8 +192,8 @@ def _float_view(name, raw):
 
 def block_view(type_name: str, raw: np.ndarray) -> BlockView:
     """One block's bytes (type_size,) -> its fields, sub-blocks, levels, codes and values."""
-    from .quant import iq4, kquants, q4, q5, q8_0
-    from .quant.common import f16_field, nibbles
+    from ..quant import iq4, kquants, q4, q5, q8_0
+    from ..quant.common import f16_field, nibbles
 
     raw = np.ascontiguousarray(raw, np.uint8)
     b = raw.reshape(1, -1)                   # the helpers take (n_blocks, type_size)
@@ -314,8 +314,8 @@ def block_bytes(g, t, block: int) -> np.ndarray:
 
 def reference_values(ref_path: str, t, block: int) -> np.ndarray:
     """The same weights in another file (the F32 original), dequantized: (block_size,)."""
-    from .gguf_file import GGUFFile
-    from .quant import FORMATS, dequantize
+    from ..gguf_file import GGUFFile
+    from ..quant import FORMATS, dequantize
     rg = GGUFFile(ref_path)
     rt = rg.tensors.get(t.name)
     if rt is None:
@@ -412,8 +412,8 @@ def add_arguments(p):
 def run(args):
     import sys
 
-    from .gguf_file import GGUFFile
-    from .registry import resolve
+    from ..gguf_file import GGUFFile
+    from ..registry import resolve
     g = GGUFFile(resolve(args.model, pull_if_missing=True, log=lambda m: print(m, file=sys.stderr)))
     if args.tensor is None:
         if args.ref or args.block is not None:

@@ -17,7 +17,7 @@ Measured, from /proc/self/status, /proc/self/smaps_rollup and /proc/self/smaps
 libraries), swap, and the peak.
 
 Units: every tinyllm number is in MiB (2^20 bytes).  Ollama's numbers (see
-tinyllm/ollama.py) are printed the way `ollama ps` prints them, in decimal GB/MB
+tinyllm/tools/ollama.py) are printed the way `ollama ps` prints them, in decimal GB/MB
 (10^9 / 10^6 bytes).  Table headers say which is which.
 """
 
@@ -28,20 +28,18 @@ import sys
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from .ggml_types import GGMLQuantizationType
+from ..ggml_types import GGMLQuantizationType
 
 from . import ollama
-from .errors import TinyLLMError
+from ..errors import TinyLLMError
 
 MiB = 1 << 20
 
 # KV cache element types: (elements per block, bytes per block), as ggml stores them.
 KV_BLOCK = {"f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
 KV_CHUNK = 256               # the cache grows by this many cells at a time
-# model.forward runs the feed-forward block on at most this many tokens at a time: its
-# [T, n_ff] activations are a prefill's largest scratch, and a bigger slice does not make
-# the matmuls faster (measured: SmolLM2, 512-token prefill: peak -7 MiB, speed unchanged).
-FFN_TOKENS = 128
+# model.forward runs the feed-forward block on at most FFN_TOKENS tokens at a time
+from ..model import FFN_TOKENS  # noqa: E402
 
 # Default sliding-window patterns (llama.cpp set_swa_pattern) when the GGUF has no
 # `{arch}.attention.sliding_window_pattern`: layer il is local iff il % n < n - 1.
@@ -189,7 +187,7 @@ def tokenizer_object_bytes(g, tokenizer=None) -> int:
     """Anonymous memory of the tokenizer's own tables (token -> id, merge ranks, ...),
     beyond the metadata strings they share.  Built from the header if not given."""
     if tokenizer is None:
-        from .tokenizer import Tokenizer
+        from ..tokenizer import Tokenizer
         try:
             tokenizer = Tokenizer.from_gguf(g)
         except TinyLLMError:
@@ -377,7 +375,7 @@ def measure_runtime_baseline() -> "Measured":
     runtime_baseline_bytes.  A cached kernel is loaded first, because numba's code
     generator (LLVM) only becomes resident when the first kernel is.
     """
-    from . import jit
+    from .. import jit
     jit.warm_runtime()
     jit.release_compiler_pages()      # as open_model does once the kernels are loaded
     return measured()

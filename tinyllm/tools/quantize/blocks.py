@@ -15,12 +15,17 @@ The rounding rules differ per format, and matter for bit-exactness:
 and every scale is stored as f16 (round to nearest even), but the 1/d used to
 compute q is the float32 one, before that rounding.
 
-The helpers at the top are shared with kquants.py and iq4.py.
+The helpers at the top are shared with kquants.py and iq4.py; Q8_0's and Q4_0's
+quantizers live with their formats in tinyllm/quant (the KV cache uses them too).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ...quant.common import f16_bytes, inverse, pack_nibbles, signed_absmax
+from ...quant.q4 import _symmetric, quantize_q4_0
+from ...quant.q8_0 import quantize_q8_0
 
 F32 = np.float32
 
@@ -32,42 +37,9 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return np.rint(v).astype(np.int32)
 
 
-def round_away(v: np.ndarray) -> np.ndarray:
-    """C's roundf: half away from zero.  (Not trunc(v + 0.5): v + 0.5 itself can round up,
-    e.g. 0.49999997 + 0.5 == 1.0f.)  The fraction a - floor(a) is exact."""
-    a = np.abs(v)
-    fl = np.floor(a)
-    return np.copysign(fl + (a - fl >= F32(0.5)), v)
-
-
 def round_f16(v: np.ndarray) -> np.ndarray:
     """float32 -> the f16 it is stored as -> float32 (round to nearest even, as F16C does)."""
     return np.asarray(v, F32).astype(np.float16).astype(F32)
-
-
-def f16_bytes(v: np.ndarray) -> np.ndarray:
-    """(n,) float32 -> (n, 2) uint8: little-endian f16."""
-    return np.asarray(v, F32).astype(np.float16).reshape(-1, 1).view(np.uint8)
-
-
-def inverse(d: np.ndarray) -> np.ndarray:
-    """1/d, and 0 where d == 0 (ggml: `id = d ? 1.0f/d : 0.0f`)."""
-    out = np.zeros_like(d)
-    np.divide(F32(1), d, out=out, where=d != 0)
-    return out
-
-
-def signed_absmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """The element of largest |x| along `axis`, sign kept; the first one on ties
-    (ggml's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`)."""
-    i = np.expand_dims(np.argmax(np.abs(x), axis=axis), axis)
-    return np.squeeze(np.take_along_axis(x, i, axis=axis), axis)
-
-
-def pack_nibbles(q: np.ndarray) -> np.ndarray:
-    """q (n, 32) in 0..15 -> (n, 16) bytes: elements 0..15 in the low nibbles, 16..31 high."""
-    q = q.astype(np.uint8)
-    return q[:, :16] | (q[:, 16:] << 4)
 
 
 def high_bits_u32(q: np.ndarray) -> np.ndarray:
@@ -95,31 +67,7 @@ def quantize_bf16(x):
     return h.view(np.uint8).reshape(x.shape[0], 2)
 
 
-# ---- Q8_0: d f16 | qs[32] int8 ---------------------------------------------------------------
-def quantize_q8_0(x):
-    """d = max|x| / 127, q = round-half-away(x / d)."""
-    d = np.abs(x).max(axis=-1) / F32(127)
-    q = round_away(x * inverse(d)[:, None])
-    return np.concatenate([f16_bytes(d), q.astype(np.int8).view(np.uint8)], axis=-1)
-
-
 # ---- Q4_0 / Q5_0: d f16 | [qh u32] | qs[16];  w = d (q - 2^(b-1)) ---------------------------
-def _symmetric(x, bits):
-    """d = m / -2^(b-1) where m is the signed element of largest |x|: that element maps to
-    q = 0 exactly, and the other end of the range (+2^(b-1) - 1) is clipped.  Using the sign
-    of the extreme gains one level over a symmetric +-(2^(b-1)-1) grid."""
-    half = 1 << (bits - 1)
-    d = signed_absmax(x) / F32(-half)
-    v = x * inverse(d)[:, None] + F32(half + 0.5)
-    q = np.minimum(v.astype(np.int8), (1 << bits) - 1)   # (int8_t) truncates toward zero
-    return d, q
-
-
-def quantize_q4_0(x):
-    d, q = _symmetric(x, 4)
-    return np.concatenate([f16_bytes(d), pack_nibbles(q)], axis=-1)
-
-
 def quantize_q5_0(x):
     d, q = _symmetric(x, 5)
     return np.concatenate([f16_bytes(d), high_bits_u32(q), pack_nibbles(q & 15)], axis=-1)

@@ -2,14 +2,14 @@
 
 IN is a registry name or a path; OUT a path.  T is a llama.cpp file type
 (F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K):
-the per-tensor types follow llama.cpp's mixes (see tinyllm/quantize/mixes.py).
+the per-tensor types follow llama.cpp's mixes (see tinyllm/tools/quantize/mixes.py).
 """
 
 from __future__ import annotations
 
 import sys
 
-from ..errors import TinyLLMError
+from ...errors import TinyLLMError
 
 TYPES = "F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"
 
@@ -53,7 +53,7 @@ class ProgressBar:
 
 
 def run(args):
-    from ..registry import resolve
+    from ...registry import resolve
     from .mixes import TARGETS
     from .model import quantize_model
 

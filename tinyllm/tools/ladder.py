@@ -13,7 +13,7 @@ For each rung of the ladder (the source itself, then every type):
     speed       decode tokens/s and peak RSS from `tinyllm bench FILE --json -p 32 -n 32`,
                 each in a fresh process so every file's RSS is its own
 
-The quantized files are made with tinyllm.quantize.model.quantize_model and kept in
+The quantized files are made with tinyllm.tools.quantize.model.quantize_model and kept in
 --out (default models/ladder/<source stem>/<type>.gguf); a file newer than its source
 is reused.  The table is printed and written to ladder.csv and ladder.json, and a plot
 of quality against size to ladder.png (needs matplotlib: pip install 'tinyllm[plot]').
@@ -31,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import TinyLLMError
+from ..errors import TinyLLMError
 
 DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K"
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "text" / "alice_ch1-3.txt"
@@ -107,7 +107,7 @@ def dequantized_bits(g, n_tensors: int = 6, n_blocks: int = 64):
     few matrices, e.g. [8, 4, 4, 4, 4, 4].  None when the weights look like genuine floats."""
     import numpy as np
 
-    from .quant import dequantize
+    from ..quant import dequantize
     bits = []
     mats = [t for t in g.tensors.values()
             if len(t.ne) == 2 and t.ne[0] % 16 == 0 and t.type_name in FLOAT_TYPES]
@@ -162,9 +162,9 @@ def measure(files: list, base, tok, text: str, ctx: int, windows) -> list:
     """Size, perplexity and KLD against the base model of every ladder file.  The base runs
     over the text once; each file's model follows it batch by batch.  All files are open
     (memory-mapped) at once, so RSS grows towards the sum of their sizes."""
-    from . import jit
+    from ..startup import default_numerics, warm_kernels
     from .inspect import summarize
-    from .model import Model
+    from ..model import Model
     from .perplexity import perplexity_kld
 
     models = []
@@ -172,8 +172,8 @@ def measure(files: list, base, tok, text: str, ctx: int, windows) -> list:
         if os.path.samefile(path, base.path):
             models.append(base)           # the base against itself: KLD exactly 0
         else:
-            models.append(Model(path, n_ctx=ctx))
-            jit.warmup(models[-1].matrix_types(), log=log)
+            models.append(Model(path, n_ctx=ctx, numerics=default_numerics()))
+            warm_kernels(models[-1].matrix_types(), progress=log)
 
     def progress(i, n, stats):
         log(f"window {i}/{n}: mean KLD " + ", ".join(f"{label} {st.kld.mean():.3g}"
@@ -251,11 +251,11 @@ def plot(path: Path, rows: list, title: str) -> bool:
 # ---- the verb --------------------------------------------------------------------------------
 
 def run(args):
-    from . import jit
-    from .gguf_file import GGUFFile
-    from .model import Model
-    from .registry import models_dir, resolve
-    from .tokenizer import Tokenizer
+    from ..startup import default_numerics, warm_kernels
+    from ..gguf_file import GGUFFile
+    from ..model import Model
+    from ..registry import models_dir, resolve
+    from ..tokenizer import Tokenizer
 
     types = parse_types(args.types)
     windows = _windows_arg(str(args.windows))
@@ -291,9 +291,9 @@ def run(args):
 
     files = [(f"{src_type} (src)", src)] + [(t, quantized_file(src, out, t)) for t in types]
 
-    base = Model(src, n_ctx=args.ctx)
+    base = Model(src, n_ctx=args.ctx, numerics=default_numerics())
     tok = Tokenizer.from_gguf(base.gguf)
-    jit.warmup(sorted({t.type_name for t in g.tensors.values()}), log=log)
+    warm_kernels(sorted({t.type_name for t in g.tensors.values()}), progress=log)
     log(f"perplexity and KLD on {text_path.name}")
     rows = measure(files, base, tok, text, args.ctx, windows)
     for r in rows:
