@@ -34,7 +34,7 @@ from pathlib import Path
 from ..errors import TinyLLMError
 
 DEFAULT_TYPES = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K"
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "text" / "alice_ch1-3.txt"
+DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "text" / "alice_ch1-3.txt"
 FLOAT_TYPES = ("F32", "F16", "BF16")
 COLUMNS = ("type", "file", "mib", "bpw", "ppl", "ppl_delta_pct", "kld_mean", "kld_p99", "same_top_p",
            "tg_tok_s", "peak_rss_mib")
@@ -251,6 +251,7 @@ def plot(path: Path, rows: list, title: str) -> bool:
 # ---- the verb --------------------------------------------------------------------------------
 
 def run(args):
+    from .. import jit
     from ..startup import default_numerics, warm_kernels
     from ..gguf_file import GGUFFile
     from ..model import Model
