@@ -8,7 +8,7 @@
 #   roots/<arch>-<hash of the Debian package list>     the mmdebstrap root (with its venv)
 #   wheels/aarch64-<hash of the requirement list>       wheels fetched on the host
 #   numba/<qemu cpu>-<hash of tinyllm/**/*.py>          NUMBA_CACHE_DIR for that CPU
-# Usage: .ci/arm.sh [all|prepare|test|arm64|armhf]  (.ci/run: prepare in the background
+# Usage: .ci/arm.sh [all|prepare|test|arm64|armhf|exec ARCH CMD...]  (.ci/run: prepare in the background
 # during the x86 tests, then test; needs root for mmdebstrap, binfmt and chroot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,11 +40,11 @@ ARMHF_PIP="gguf requests urllib3 idna certifi charset_normalizer setuptools"
 
 key() { printf '%s' "$*" | sha256sum | cut -c1-12; }
 log() { printf '[arm %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-stage() {  # stage NAME CMD...: run and report its wall time
-    local name=$1 t0=$SECONDS; shift
+stage() {  # stage NAME CMD...: run it, then report its wall and CPU time (user+sys, children too)
+    local name=$1; shift
     log "$name ..."
-    "$@"
-    log "$name: $((SECONDS - t0)) s"
+    local TIMEFORMAT="[arm] $name: %0R s wall, %0U+%0S s CPU"
+    time "$@"
 }
 
 setup_host() {
@@ -71,6 +71,13 @@ make_root() {  # make_root ARCH PACKAGES: mmdebstrap once, into a temporary name
     $NICE mmdebstrap --quiet --arch="$1" --variant=apt --include="$2" "$SUITE" "$dir.tmp"
     touch "$dir.tmp/.complete"
     rm -rf "$dir"; mv "$dir.tmp" "$dir"
+    keep_newest 1 "$CACHE/roots/$1-"     # an old package list's root is never used again
+}
+
+keep_newest() {  # keep_newest N PREFIX: delete all but the N newest cache entries PREFIX*
+    local old
+    old=$(ls -dt "$2"* 2>/dev/null | grep -v '\.tmp$' | tail -n +$(($1 + 1))) || true
+    [ -z "$old" ] || rm -rf $old
 }
 
 wheels_dir() { echo "$CACHE/wheels/aarch64-$(key "$ARM64_REQS")"; }
@@ -101,7 +108,10 @@ fetch_armhf_wheels() {  # the pure-Python packages Debian lacks (gguf; requests 
 
 numba_dir() {  # numba_dir CPU: keyed by every source file of tinyllm, the wheels (numba's version) and the CPU
     local h; h=$(cd "$SRC" && find tinyllm -name '*.py' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
-    echo "$CACHE/numba/$1-$(key "$h" "$(wheels_dir)")"
+    local d="$CACHE/numba/$1-$(key "$h" "$(wheels_dir)")"
+    mkdir -p "$d"; touch "$d"            # the newest is the one in use: keep_newest spares it
+    keep_newest 3 "$CACHE/numba/$1-"
+    echo "$d"
 }
 
 stage_src() {  # the clone's files as the root sees them at /src, every mtime the same fixed date:
@@ -135,7 +145,7 @@ inroot() {  # inroot ROOT WHEELS NUMBA [VAR=VALUE...] -- CMD...: run CMD in ROOT
         mount --bind "$src" "$r/src"
         mount --bind "$wheels" "$r/wheels"; mount --bind "$numba" "$r/numba"
         exec chroot "$r" "$@"' _ "$root" "$SRCCOPY" "$wheels" "$numba" \
-        /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/opt/venv/bin:/usr/bin:/bin \
+        /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/opt/venv/bin:/usr/bin:/bin PYTHONUNBUFFERED=1 \
         NUMBA_CACHE_DIR=/numba "${envs[@]}" \
         $NICE bash -c 'cd /src && "$@"' _ "$@"
 }
@@ -230,8 +240,13 @@ run_tests() {  # both arches side by side (2 cores), each into its own log, show
 
 # one job at a time per cache and arch (a second CI run waits)
 lock() { local fd; for a in "$@"; do exec {fd}> "$CACHE/.lock-$a"; flock "$fd"; done; }
-case "${1:-all}" in arm64|armhf) lock "$1" ;; *) lock arm64 armhf ;; esac
-[ "${1:-all}" = armhf ] && SRCSUFFIX=-armhf || SRCSUFFIX=
+# (each with its own copy of the sources: a copy is replaced at the start of a job)
+case "${1:-all}" in
+    arm64) lock arm64; SRCSUFFIX= ;;
+    armhf) lock armhf; SRCSUFFIX=-armhf ;;
+    exec) SRCSUFFIX="-exec-${2:-}-${QEMU_CPU:-max}"; lock "${SRCSUFFIX#-}" ;;
+    *) lock arm64 armhf; SRCSUFFIX= ;;
+esac
 stage_src
 case "${1:-all}" in
     prepare) prepare ;;
@@ -239,5 +254,13 @@ case "${1:-all}" in
     all) prepare && run_tests ;;
     arm64) setup_host; x86_reference >/dev/null; run_arm64 ;;
     armhf) setup_host; x86_reference >/dev/null; run_armhf ;;
-    *) echo "usage: $0 [all|prepare|test|arm64|armhf]" >&2; exit 2 ;;
+    exec)  # exec arm64|armhf CMD...: a command in a prepared root, e.g. tinyllm bench
+        a=$2; shift 2
+        if [ "$a" = arm64 ]; then
+            inroot "$(root_dir arm64 "$ARM64_DEBS")" "$(wheels_dir)" "$(numba_dir "${QEMU_CPU:-max}")" \
+                QEMU_CPU="${QEMU_CPU:-max}" -- "$@"
+        else
+            inroot "$(root_dir armhf "$ARMHF_DEBS")" "$(armhf_wheels_dir)" "$CACHE/numba/unused" -- "$@"
+        fi ;;
+    *) echo "usage: $0 [all|prepare|test|arm64|armhf|exec ARCH CMD...]" >&2; exit 2 ;;
 esac
