@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # ARM CI job (issue 14): tinyllm's kernels and agreement tests under qemu-user, on
-# arm64 (numba; the sdot/udot path as on a Pi 5 and the plain-NEON path as on a Pi 4)
+# arm64 (numba; the sdot path as on a Pi 5 and the plain-NEON path as on a Pi 4)
 # and on armhf (32-bit Pi OS: Debian's packages, numpy path).  Called by .ci/run.
 #
 # Everything slow to make lives in a cache outside the clone (CI clones afresh),
 # ${TINYLLM_CI_CACHE:-$HOME/.cache/tinyllm-ci}, keyed so that a stale entry is never used:
 #   roots/<arch>-<hash of the Debian package list>     the mmdebstrap root (with its venv)
 #   wheels/aarch64-<hash of the requirement list>       wheels fetched on the host
-#   numba/<qemu cpu>-<hash of tinyllm/**/*.py>          NUMBA_CACHE_DIR for that CPU
+#   numba/<qemu cpu>-<hash of tinyllm/**/*.py, wheels>  NUMBA_CACHE_DIR for that CPU
+#   src*/                                               the clone's files as the roots see them
+# After any change under tinyllm/ the first run recompiles every kernel under emulation.
 # Usage: .ci/arm.sh [all|prepare|test|arm64|armhf|exec ARCH CMD...]  (.ci/run: prepare in the background
 # during the x86 tests, then test; needs root for mmdebstrap, binfmt and chroot)
 set -euo pipefail
@@ -29,6 +31,7 @@ ARMHF_PYTEST=(-m armhf)
 ARM64_CPU_PYTEST=(-m arm_cpu)
 # qemu CPU models: "max" has dotprod (Pi 5's Cortex-A76 class), cortex-a72 is the Pi 4
 ARM64_CPUS=(max cortex-a72)
+declare -A EXPECT_SIMD=([max]=dotprod [cortex-a72]=neon)   # what tinyllm must pick on each
 PROMPT="The capital of France is"
 
 ARM64_DEBS=python3,python3-venv,python3-pip,ca-certificates
@@ -48,6 +51,10 @@ stage() {  # stage NAME CMD...: run it, then report its wall and CPU time (user+
 }
 
 setup_host() {
+    if [ "$(id -u)" != 0 ]; then
+        log "the ARM job needs root (apt, binfmt_misc, mmdebstrap, chroot); TINYLLM_CI_ARM=0 .ci/run skips it"
+        return 1
+    fi
     local need=()
     command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
     command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
@@ -192,11 +199,11 @@ run_arm64() {
     stage "arm64 ($cpu) tinyllm run" inroot "$root" "$wheels" "$(numba_dir "$cpu")" QEMU_CPU="$cpu" -- \
         python -m tinyllm run smollm2-135m -p "$PROMPT" -n 16 --temp 0 > "$out"
     compare_run "arm64 ($cpu)" "$out"
-    stage "arm64 ($cpu) pytest" inroot "$root" "$wheels" "$(numba_dir "$cpu")" QEMU_CPU="$cpu" -- \
-        python -m pytest -q -p no:cacheprovider "${ARM64_PYTEST[@]}"
+    stage "arm64 ($cpu) pytest" inroot "$root" "$wheels" "$(numba_dir "$cpu")" QEMU_CPU="$cpu" \
+        TINYLLM_CI_EXPECT_SIMD="${EXPECT_SIMD[$cpu]}" -- python -m pytest -q -p no:cacheprovider "${ARM64_PYTEST[@]}"
     for cpu in "${ARM64_CPUS[@]:1}"; do
-        stage "arm64 ($cpu) pytest" inroot "$root" "$wheels" "$(numba_dir "$cpu")" QEMU_CPU="$cpu" -- \
-            python -m pytest -q -p no:cacheprovider "${ARM64_CPU_PYTEST[@]}"
+        stage "arm64 ($cpu) pytest" inroot "$root" "$wheels" "$(numba_dir "$cpu")" QEMU_CPU="$cpu" \
+            TINYLLM_CI_EXPECT_SIMD="${EXPECT_SIMD[$cpu]}" -- python -m pytest -q -p no:cacheprovider "${ARM64_CPU_PYTEST[@]}"
     done
 }
 

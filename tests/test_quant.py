@@ -335,7 +335,8 @@ def test_int8_decode_kernels_equal_the_rounding_oracle(tmp_path, path):
     got = json.loads(res.stdout)
     # forcing only ever goes down this list: a path the CPU lacks would not run
     order = ["vnni", "avx2", "dotprod", "neon", "generic"]
-    native = _native_simd_path()
+    # the ARM CI job says what each qemu CPU model must get (max: dotprod, cortex-a72: neon)
+    native = os.environ.get("TINYLLM_CI_EXPECT_SIMD") or _native_simd_path()
     assert got["path"] == (native if path == "native" else max(path, native, key=order.index))
     for name in names:
         assert got[name] < 2e-6, (name, got[name])
