@@ -65,3 +65,53 @@ def gemma3(gemma3_path):
     from tinyllm.tokenizer import Tokenizer
     m = Model(gemma3_path, n_ctx=2048)
     return m, Tokenizer.from_gguf(m.gguf)
+
+
+# ---- the ARM CI job's subsets (.ci/arm.sh runs `pytest -m arm` / `-m armhf` under qemu) ----
+# Emulation is 10-30x slower than native and a cold numba compile 6-8x, so the job runs
+# the tests whose code differs by CPU: each decode and prefill kernel against its numpy
+# oracle, attention, the norms/rope/top-k kernels, and agreement with llama.cpp on both
+# models.  Named by test function (any parametrization), or by full test name for one
+# parametrization, so that the list survives tests moving between files.
+ARM_TESTS = {
+    # every format: numba prefill kernel and one-token decode against numpy / float64
+    "test_linear_matches_references",
+    "test_linear_on_real_layers",
+    "test_int8_decode_kernels_equal_the_rounding_oracle",   # native (dotprod) and neon
+    "test_kernel_unpack_row_is_the_dequantization",
+    "test_activation_quantizers_numba_equal_numpy",
+    "test_round_to_f16_matches_numpy",
+    "test_numba_kernel_matches_numpy_reference",             # flash attention, every KV type
+    "test_row_layouts_and_numba_numpy_agreement",
+    "test_rms_norm_matches_numpy", "test_rope_matches_numpy", "test_top_k_matches_numpy",
+    # SmolLM2 and Gemma 3 against llama.cpp's logits and greedy tokens
+    "test_prompt_ids_match_llama_cpp",
+    "test_final_logits_match_llama_cpp",
+    "test_int8_decode_follows_llama_cpp_on_the_quantized_file",
+}
+# 32-bit Pi OS: no numba, so the numpy path, on Debian's numpy 1.24 and regex 2022.10.31
+ARMHF_TESTS = {
+    "test_linear_matches_references",
+    "test_dequantize_random_blocks_bit_exact",
+    "test_no_numba_env_really_disables_numba",
+    "test_a_numba_older_than_supported_is_never_imported",
+    "test_ids_match_llama_cpp", "test_prompt_ids_match_llama_cpp", "test_decode_round_trips",
+    "test_final_logits_match_llama_cpp[smollm2-135m]",
+}
+# what the ARM job repeats as a Pi 4 (qemu's cortex-a72: no dotprod, so a wrongly chosen
+# sdot would be an illegal instruction): the int8 kernels on the paths it can run
+ARM_CPU_TESTS = {"test_int8_decode_kernels_equal_the_rounding_oracle"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "arm: the subset .ci/arm.sh runs on aarch64 under qemu")
+    config.addinivalue_line("markers", "armhf: the subset .ci/arm.sh runs on 32-bit ARM (numpy path)")
+    config.addinivalue_line("markers", "arm_cpu: the int8 kernel tests .ci/arm.sh runs under each aarch64 CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = {item.name, getattr(item, "originalname", item.name)}
+        for marker, wanted in (("arm", ARM_TESTS), ("armhf", ARMHF_TESTS), ("arm_cpu", ARM_CPU_TESTS)):
+            if names & wanted:
+                item.add_marker(marker)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -280,7 +281,7 @@ import json, sys
 import numpy as np
 from tinyllm.quant import FORMATS, QTensor, simd
 from tinyllm.quant.common import F16_TO_F32
-out = {"vnni": simd.X86_VNNI, "avx2": simd.X86_AVX2}
+out = {"path": simd.PATH}
 for name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
     f = FORMATS[name]
     w = QTensor(np.load(raw_path), f.ggml_type, n_cols)
@@ -293,12 +294,30 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("path", ["native", "avx2", "generic"])
+def _native_simd_path() -> str:
+    """The int8 dot-product path this CPU should get (see simd.py), from what the OS reports."""
+    from tinyllm import cpu
+    if cpu.AARCH64:
+        return "dotprod" if cpu.arm_has_dotprod() else "neon"
+    if not jit.HAVE_NUMBA:
+        return "generic"
+    import llvmlite.binding as llvm
+    f = {k for k, v in llvm.get_host_cpu_features().items() if v}
+    return "vnni" if {"avx2", "avx512vnni", "avx512vl"} <= f else "avx2" if "avx2" in f else "generic"
+
+
+# the paths TINYLLM_SIMD can force on this machine's architecture (downwards from native)
+FORCED_PATHS = ["neon", "generic"] if platform.machine().lower() in ("aarch64", "arm64") else ["avx2", "generic"]
+
+
+@pytest.mark.skipif(not jit.HAVE_NUMBA, reason="the numba int8 kernels")
+@pytest.mark.parametrize("path", ["native"] + FORCED_PATHS)
 def test_int8_decode_kernels_equal_the_rounding_oracle(tmp_path, path):
     """matvec_int8 (int8 dot products) against the numpy path that rounds x the way
     llama.cpp does, for each format, with 4k+1..4k+3 rows (the tail) and a 2048-wide
-    row.  "avx2" and "generic" force those instruction paths in a fresh process
-    (TINYLLM_SIMD): generic is what aarch64 runs."""
+    row.  The forced paths run in a fresh process (TINYLLM_SIMD): on x86 "avx2" and
+    "generic"; on aarch64 "neon" (the Pi 4's code) beside native (dotprod where the CPU
+    has it: the Pi 5's).  The ARM CI job runs this under qemu with both CPU models."""
     rng = np.random.default_rng(7)
     jobs = []
     names = [n for n in supported_types() if FORMATS[n].ggml_type in INT8_DECODE_TYPES]
@@ -317,10 +336,11 @@ def test_int8_decode_kernels_equal_the_rounding_oracle(tmp_path, path):
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
-    if path == "generic":
-        assert not got["avx2"] and not got["vnni"]
-    if path == "avx2":
-        assert not got["vnni"]
+    # forcing only ever goes down this list: a path the CPU lacks would not run
+    order = ["vnni", "avx2", "dotprod", "neon", "generic"]
+    # the ARM CI job says what each qemu CPU model must get (max: dotprod, cortex-a72: neon)
+    native = os.environ.get("TINYLLM_CI_EXPECT_SIMD") or _native_simd_path()
+    assert got["path"] == (native if path == "native" else max(path, native, key=order.index))
     for name in names:
         assert got[name] < 2e-6, (name, got[name])
 
@@ -385,6 +405,26 @@ def test_no_numba_env_really_disables_numba():
     res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TINYLLM_NO_NUMBA="1"),
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.stdout.split() == ["False", "False"], res.stderr
+
+
+def test_a_numba_older_than_supported_is_never_imported(tmp_path):
+    """Debian bookworm's armhf python3-numba is 0.56.4: seen through a --system-site-packages
+    venv on 32-bit Pi OS, it must be ignored (one line on stderr), not imported.  Here a
+    package named numba 0.56.4 whose import would fail loudly stands in for it."""
+    fake = tmp_path / "site"
+    (fake / "numba").mkdir(parents=True)
+    (fake / "numba" / "__init__.py").write_text("raise SystemExit('the old numba was imported')\n")
+    (fake / "numba-0.56.4.dist-info").mkdir()
+    (fake / "numba-0.56.4.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: numba\nVersion: 0.56.4\n")
+    code = "import sys; from tinyllm import jit, quant; print(jit.HAVE_NUMBA, 'numba' in sys.modules)"
+    env = dict(os.environ, PYTHONPATH=str(fake))
+    env.pop("TINYLLM_NO_NUMBA", None)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "False"]
+    assert res.stderr.strip().splitlines() == [
+        "tinyllm: numba 0.56.4 is older than 0.58, so it is not used: numpy kernels (slower)"]
 
 
 # ---- errors and warm-up ----------------------------------------------------------------------

@@ -193,6 +193,7 @@ def cmd_perplexity(args):
 def cmd_bench(args):
     import numpy as np
 
+    from . import jit
     from .tools import memory
     baseline = memory.measure_runtime_baseline()
     model, tok = open_model(args, quiet=args.json)
@@ -220,13 +221,24 @@ def cmd_bench(args):
     res = {"pp_tok_s": args.n_prompt / t_pp, "tg_tok_s": args.n_gen / t_tg if args.n_gen else 0.0,
            "peak_rss_mib": (led.measured.peak_rss or led.measured.rss) / 2**20,
            "rss_mib": led.measured.rss / 2**20,
-           "planned_rss_mib": led.plan.rss / 2**20, "planned_peak_mib": led.plan.peak / 2**20}
+           "planned_rss_mib": led.plan.rss / 2**20, "planned_peak_mib": led.plan.peak / 2**20,
+           "kernels": _kernels_in_use(), "threads": jit.get_threads()}
     if args.json:
         print(json.dumps(res))
     else:
         print(f"prefill {res['pp_tok_s']:.1f} tok/s ({args.n_prompt} tokens) | decode {res['tg_tok_s']:.1f} "
               f"tok/s ({args.n_gen} tokens) | peak RSS {res['peak_rss_mib']:.0f} MiB "
-              f"(ledger planned {res['planned_rss_mib']:.0f} MiB, now {res['rss_mib']:.0f} MiB)")
+              f"(ledger planned {res['planned_rss_mib']:.0f} MiB, now {res['rss_mib']:.0f} MiB) | "
+              f"{res['kernels']} kernels, {res['threads']} threads")
+
+
+def _kernels_in_use() -> str:
+    """"numba/<SIMD path>" (quant/simd.py: vnni, avx2, dotprod, neon, generic) or "numpy"."""
+    from . import jit
+    if not jit.HAVE_NUMBA:
+        return "numpy"
+    from .quant import simd
+    return f"numba/{simd.PATH}"
 
 
 def cmd_mem(args):

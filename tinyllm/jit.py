@@ -44,18 +44,46 @@ CACHE_BASE = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
     os.path.expanduser("~"), ".cache", "tinyllm", "numba")
 CACHE_DIR = os.path.join(CACHE_BASE, _cache_key())
 
-HAVE_NUMBA = False
-if os.environ.get("TINYLLM_NO_NUMBA", "").strip() not in ("", "0"):
-    numba = None
-else:
+# The oldest numba the kernels are written for (pyproject.toml says the same).  An older
+# one can still be importable: Debian bookworm's armhf python3-numba is 0.56.4, and a
+# venv made with --system-site-packages on 32-bit Pi OS sees it.
+MIN_NUMBA = (0, 58)
+
+
+def _version_tuple(v: str) -> tuple:
+    import re
+    m = re.match(r"(\d+)\.(\d+)", v)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _installed_numba() -> str | None:
+    """numba's version from its package metadata, without importing it (None: not installed)."""
+    from importlib import metadata
     try:
-        import numba
-        HAVE_NUMBA = True
-        # read by each cached kernel when it is defined (not when numba is imported),
-        # so this holds even if numba was imported first
-        numba.config.CACHE_DIR = CACHE_DIR
-    except ImportError:
-        numba = None
+        return metadata.version("numba")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+HAVE_NUMBA = False
+numba = None
+if os.environ.get("TINYLLM_NO_NUMBA", "").strip() in ("", "0"):
+    _v = _installed_numba()
+    if _v is not None and _version_tuple(_v) < MIN_NUMBA:
+        import sys
+        print(f"tinyllm: numba {_v} is older than {'.'.join(map(str, MIN_NUMBA))}, "
+              "so it is not used: numpy kernels (slower)", file=sys.stderr)
+    else:
+        from . import cpu
+        cpu.numba_target_env()     # aarch64: whether LLVM may emit the dot-product instructions
+        try:
+            import numba
+            HAVE_NUMBA = True
+            # read by each cached kernel when it is defined (not when numba is imported),
+            # so this holds even if numba was imported first
+            numba.config.CACHE_DIR = CACHE_DIR
+        except ImportError:
+            numba = None
 
 # fastmath without nnan/ninf: lets LLVM reassociate sums into SIMD lanes and fuse
 # multiply-adds, but keeps inf/nan semantics so a broken scale still shows up as nan.

@@ -17,17 +17,29 @@ kernel; the vector values never touch memory.  The types:
     i32x8   8 int32 lanes;  lane i = sum over bytes 4i..4i+3 of a 32-byte dot product
     f32x8   8 float32 lanes: a running sum, reduced to one number at the end of a row
 
-Only `dot` and `dot_signed` differ by CPU: x86 with AVX2 gets the instructions named
-above, everything else (aarch64: Raspberry Pi) plain LLVM vector IR that its backend
-lowers itself.  TINYLLM_SIMD=generic or =avx2 forces a path (for tests).  The lane layout
-is the same on every path, so kernels can rely on it.
+Only the dot products differ by CPU (PATH names the one in use):
+
+    vnni     x86 with AVX-512 VNNI: vpdpbusd, 32 u8*s8 products summed into 8 lanes
+    avx2     x86 with AVX2: vpmaddubsw (pairs, int16) then vpmaddwd (pairs of pairs)
+    dotprod  aarch64 with ARMv8.2 dot product (Pi 5, Cortex-A76): two sdot, each 16
+             s8*s8 products summed by fours into 4 lanes, i.e. lanes 0..3 and 4..7
+    neon     aarch64 without it (Pi 4, Cortex-A72): the plain vector IR below, which
+             LLVM lowers to NEON widening multiplies and pairwise adds
+    generic  anything else: the same plain vector IR
+
+sdot multiplies signed bytes, and the codes are unsigned; every format's codes are
+below 128 (at most 6 bits: Q6_K), where the two readings agree, so no udot/usdot
+(i8mm, which the A76 lacks) is needed.  AVX2's vpmaddubsw relies on the same bound
+to never saturate.  TINYLLM_SIMD=avx2|generic (x86) or neon|generic (aarch64) forces
+a slower path, for tests; on aarch64 tinyllm/cpu.py tells numba's LLVM the matching
+target features.  The lane layout is the same on every path, so kernels can rely on it.
 """
 
 from __future__ import annotations
 
 import os
 
-from .. import jit
+from .. import cpu, jit
 
 if jit.HAVE_NUMBA:
     import llvmlite.binding as _llvm
@@ -37,9 +49,12 @@ if jit.HAVE_NUMBA:
     from numba.extending import intrinsic, models, register_model
 
     _FEATURES = {k for k, v in _llvm.get_host_cpu_features().items() if v}
-    _FORCE = os.environ.get("TINYLLM_SIMD", "").strip().lower()    # "generic" or "avx2": tests
+    _FORCE = os.environ.get("TINYLLM_SIMD", "").strip().lower()    # a slower path, for tests
     X86_AVX2 = "avx2" in _FEATURES and _FORCE != "generic"
     X86_VNNI = X86_AVX2 and {"avx512vnni", "avx512vl"} <= _FEATURES and _FORCE != "avx2"
+    ARM_DOTPROD = cpu.ARM_DOTPROD
+    PATH = ("vnni" if X86_VNNI else "avx2" if X86_AVX2 else "dotprod" if ARM_DOTPROD
+            else "neon" if cpu.AARCH64 and _FORCE != "generic" else "generic")
 
     I8, I16, I32, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
 
@@ -187,8 +202,19 @@ if jit.HAVE_NUMBA:
         return types.none(w, types.intp), codegen
 
     # ---- the dot product ---------------------------------------------------------------
+    def _sdot(builder, acc, a, b):
+        """acc + a . b for 32 signed bytes each, as two 16-byte sdot: lane i of a 4-lane
+        sdot is bytes 4i..4i+3 of its 16, so the two halves side by side are i32x8's lanes"""
+        def half(v, k, n):
+            return builder.shuffle_vector(v, v, ir.Constant(_v(I32, n), list(range(k * n, (k + 1) * n))))
+        out = [_call(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", _v(I32, 4),
+                     [half(acc, k, 4), half(a, k, 16), half(b, k, 16)]) for k in (0, 1)]
+        return builder.shuffle_vector(out[0], out[1], ir.Constant(_v(I32, 8), list(range(8))))
+
     def _dot_u8_s8(builder, u, s):
-        """32 unsigned bytes . 32 signed bytes -> i32x8 (lane i: bytes 4i..4i+3)"""
+        """32 unsigned bytes (< 128) . 32 signed bytes -> i32x8 (lane i: bytes 4i..4i+3)"""
+        if ARM_DOTPROD:
+            return _sdot(builder, ir.Constant(i32x8.lltype, [0] * 8), u, s)
         if X86_VNNI:
             return _call(builder, "llvm.x86.avx512.vpdpbusd.256", i32x8.lltype,
                          [ir.Constant(i32x8.lltype, [0] * 8), builder.bitcast(u, i32x8.lltype),
@@ -220,6 +246,8 @@ if jit.HAVE_NUMBA:
             if X86_VNNI:
                 return _call(builder, "llvm.x86.avx512.vpdpbusd.256", i32x8.lltype,
                              [args[0], builder.bitcast(args[1], i32x8.lltype), builder.bitcast(x, i32x8.lltype)])
+            if ARM_DOTPROD:
+                return _sdot(builder, args[0], args[1], x)
             return builder.add(args[0], _dot_u8_s8(builder, args[1], x))
         return i32x8(acc, codes, xq, types.intp), codegen
 
@@ -249,6 +277,8 @@ if jit.HAVE_NUMBA:
         the unsigned-times-signed form the instructions take."""
         def codegen(context, builder, sig, args):
             x = _load(context, builder, sig.args[1], args[1], args[2], u8x32.lltype)
+            if ARM_DOTPROD:     # signed times signed is what sdot does
+                return _sdot(builder, ir.Constant(i32x8.lltype, [0] * 8), args[0], x)
             if X86_AVX2:
                 absw = _call(builder, "llvm.abs.v32i8", u8x32.lltype, [args[0], ir.Constant(ir.IntType(1), 0)])
                 xs = _call(builder, "llvm.x86.avx2.psign.b", u8x32.lltype, [x, args[0]])
