@@ -91,19 +91,26 @@ def _model_args(p, optional=False):
     _threads_arg(p)
 
 
-def _sampling_args(p, temp=0.8):
-    p.add_argument("--temp", type=float, default=temp, help="temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
+def _sampling_args(p):
+    # No argparse defaults: a flag left out falls back to the model's own values (its GGUF's
+    # general.sampling.* keys, then the registry's), then to llama.cpp's defaults.
+    d = "default: the model's, else %s"
+    p.add_argument("--temp", type=float, default=None, help="temperature; 0 = greedy (" + d % "0.8)")
+    p.add_argument("--top-k", type=int, default=None, help=d % "40")
+    p.add_argument("--top-p", type=float, default=None, help=d % "0.95")
+    p.add_argument("--min-p", type=float, default=None, help=d % "0.05")
+    p.add_argument("--repeat-penalty", type=float, default=None, help=d % "1.0 (off)")
+    p.add_argument("--repeat-last-n", type=int, default=None, help=d % "64")
     p.add_argument("--seed", type=int, default=None)
 
 
-def _sampler(args):
-    from .sampling import Sampler, SamplerSettings
-    return Sampler(SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                                   min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed))
+def _sampler(args, gguf=None):
+    """The flags over the model's defaults (tinyllm.sampling.model_settings)."""
+    from .sampling import Sampler, model_settings
+    flags = {"temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+             "repeat_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n,
+             "seed": args.seed}
+    return Sampler(model_settings(args.model, gguf, flags))
 
 
 # ---- verbs -----------------------------------------------------------------------------
@@ -129,7 +136,7 @@ def cmd_run(args):
     stats = Stats()
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    for piece in session.generate(ids, _sampler(args), n_predict=args.n_predict, stats=stats):
+    for piece in session.generate(ids, _sampler(args, model.gguf), n_predict=args.n_predict, stats=stats):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
