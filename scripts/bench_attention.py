@@ -8,6 +8,8 @@ For each KV type and context length: microseconds per attention() call for one n
 With --model: whole decode steps of the real model at 128 / 1024 / 2000 tokens of context,
 and the share of each token spent in attention.
 Timings are the best of --repeat runs (other processes on the machine only add time).
+--clock cpu times with process CPU time (all threads summed) instead of the wall clock:
+on a loaded machine that still compares two code versions or two context lengths.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 import numpy as np
 
 from tinyllm import jit
+
+CLOCK = time.perf_counter
 from tinyllm.attention import attention
 from tinyllm.kvcache import KVCache
 
@@ -25,13 +29,13 @@ from tinyllm.kvcache import KVCache
 def best_us(fn, repeat):
     best = float("inf")
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = CLOCK()
         fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, CLOCK() - t)
     return best * 1e6
 
 
-def bench_model(path, repeat):
+def bench_model(path, repeat, kv_types=("f16", "q8_0"), flashes=(True, False)):
     import tinyllm.model as model_module
     from tinyllm.model import Model
     text_ids = np.random.default_rng(0).integers(100, 30000, 2100).tolist()
@@ -39,15 +43,15 @@ def bench_model(path, repeat):
     attention_fn = model_module.attention
 
     def timed_attention(*a, **kw):
-        t = time.perf_counter()
+        t = CLOCK()
         out = attention_fn(*a, **kw)
-        spent[0] += time.perf_counter() - t
+        spent[0] += CLOCK() - t
         return out
 
     model_module.attention = timed_attention
     print(f"{'kv':5} {'attn':7} {'ctx':>5} {'ms/token':>9} {'attention ms':>13} {'us/layer':>9}")
-    for kv_type in ("f16", "q8_0"):
-        for flash in (True, False):
+    for kv_type in kv_types:
+        for flash in flashes:
             m = Model(path, n_ctx=2048, kv_type=kv_type, flash_attn=flash)
             m.forward(text_ids[:8], 0)
             for ctx in (128, 1024, 2000):
@@ -58,9 +62,9 @@ def bench_model(path, repeat):
                 for i in range(repeat):
                     m.cache.truncate(ctx)
                     spent[0] = 0.0
-                    t = time.perf_counter()
+                    t = CLOCK()
                     m.forward([text_ids[ctx]], ctx)
-                    dt = time.perf_counter() - t
+                    dt = CLOCK() - t
                     if dt < best:
                         best, best_att = dt, spent[0]
                 print(f"{kv_type:5} {'flash' if flash else 'classic':7} {ctx:5} {best * 1e3:9.2f} "
@@ -75,12 +79,18 @@ def main():
     ap.add_argument("--window", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--model", default=None, help="time decode steps of this GGUF instead")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--kv-type", default="f16,q8_0", help="with --model: KV types to time")
+    ap.add_argument("--attn", choices=["flash", "classic", "both"], default="both", help="with --model")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         jit.set_threads(args.threads)
     if args.model:
         print(f"{args.model}, threads {jit.get_threads()}")
-        return bench_model(args.model, min(args.repeat, 20))
+        return bench_model(args.model, min(args.repeat, 20), args.kv_type.split(","),
+                           {"flash": (True,), "classic": (False,), "both": (True, False)}[args.attn])
     H, Hkv, D = map(int, args.heads.split(","))
     T = args.prefill
     rng = np.random.default_rng(0)

@@ -46,6 +46,14 @@ N_GREEDY = 32
 # left outside the top-K is recorded per row so tests know their error bound.
 TOPK = 32768
 
+# Qwen2.5's own template with its default system prompt, as `tinyllm chat` renders it.
+QWEN_CHAT_PROMPT = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\n"
+    "<|im_start|>user\nWrite a Python function that reverses a string.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
 MODELS = {
     "smollm2-135m": {
         "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -66,6 +74,27 @@ MODELS = {
             "one sentence.<end_of_turn>\n<start_of_turn>model\n"
         ),
         "logits_format": "topk",
+    },
+    # Qwen2.5-Coder: 151,936-token rows; a top-4096 slice keeps the fixture small
+    # (a full row is 600 KB); the tail it drops holds 1e-4 (code, chat) to 1.4e-2
+    # (plain prose) of the mass, recorded per row in logits.json's tail_prob.
+    # No perplexity fixture: a 0.5B/1.5B F32 copy over the whole text costs more
+    # CPU than these models' tests may take.
+    "qwen2.5-coder-0.5b": {
+        "file": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "f32_file": "qwen2.5-coder-0.5b-instruct.F32.gguf",
+        "chat_prompt": QWEN_CHAT_PROMPT,
+        "logits_format": "topk",
+        "topk": 4096,
+        "perplexity": False,
+    },
+    "qwen2.5-coder-1.5b": {
+        "file": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "f32_file": "qwen2.5-coder-1.5b-instruct.F32.gguf",
+        "chat_prompt": QWEN_CHAT_PROMPT,
+        "logits_format": "topk",
+        "topk": 4096,
+        "perplexity": False,
     },
 }
 
@@ -177,6 +206,8 @@ TOKEN_CASES = [
     ("<start_of_turn>user\nhi<end_of_turn>", [(False, True), (True, True)]),
     ("<start_of_turn>model\nHello!<end_of_turn>\n", [(False, True)]),
     ("<bos><eos>", [(False, True)]),
+    ("<|fim_prefix|>def add(a, b):\n<|fim_suffix|>\n    return c<|fim_middle|>", [(False, True)]),
+    ("for i in range(100):\n    x = i ** 2 + 1234 * i - 56789\n", []),
 ]
 
 
@@ -444,7 +475,8 @@ def make_logits_and_greedy(name, spec, f32_path):
             g[f"batched_vs_incremental_max_abs_{kind}"] = float(np.abs(batched - np.array(steps)).max())
             g[f"batched_vs_incremental_max_kl_{kind}"] = max(kl(b, s) for b, s in zip(batched, steps))
         meta["checks"][kind] = checks
-        store_rows(npz, meta, kind, np.array(rows, dtype=np.float32), lses, argmaxes, spec["logits_format"])
+        store_rows(npz, meta, kind, np.array(rows, dtype=np.float32), lses, argmaxes, spec["logits_format"],
+                   spec.get("topk", TOPK))
         del llm, llm_all
     np.savez_compressed(FIXTURES / name / "logits.npz", **npz)
     p = FIXTURES / name / "logits.npz"
@@ -457,7 +489,7 @@ def make_logits_and_greedy(name, spec, f32_path):
     write_json(FIXTURES / name / "greedy.json", greedy_out)
 
 
-def store_rows(npz, meta, kind, rows, lses, argmaxes, fmt):
+def store_rows(npz, meta, kind, rows, lses, argmaxes, fmt, topk=TOPK):
     """rows: float32[n_prompts, n_vocab]."""
     n_vocab = rows.shape[1]
     npz[f"lse_{kind}"] = np.array(lses, dtype=np.float64)
@@ -474,7 +506,7 @@ def store_rows(npz, meta, kind, rows, lses, argmaxes, fmt):
         }
         return
     # top-K: indices sorted by descending logit (ties by index), values exact float32.
-    order = np.argsort(-rows, axis=1, kind="stable")[:, :TOPK]
+    order = np.argsort(-rows, axis=1, kind="stable")[:, :topk]
     vals = np.take_along_axis(rows, order, axis=1)
     tail = [float(1.0 - np.exp(vals[i].astype(np.float64) - lses[i]).sum()) for i in range(len(rows))]
     npz[f"topk_index_{kind}"] = order.astype(np.int32)
@@ -482,7 +514,7 @@ def store_rows(npz, meta, kind, rows, lses, argmaxes, fmt):
     meta.setdefault("tail_prob", {})[kind] = tail
     meta["format"] = {
         "kind": "topk",
-        "k": TOPK,
+        "k": topk,
         "n_vocab": n_vocab,
         "description": (
             "Only the K largest logits of each row are stored. topk_index_<q|f32>: int32[n_prompts, K] "
@@ -492,8 +524,8 @@ def store_rows(npz, meta, kind, rows, lses, argmaxes, fmt):
             "tail_prob[<q|f32>][i] = probability mass outside the top K. "
             "KL(llama.cpp || other) = sum_topK p (log p - log q) + p_tail log(p_tail / q_tail), where "
             "q_tail = 1 - sum_topK q; this lumped tail term under-estimates the true tail contribution "
-            "by p_tail * (KL within the tail), a relative error of at most ~p_tail. Measured on "
-            "these rows: lumped KL(q||f32) is within 0.01% of the exact value for the plain and "
+            "by p_tail * (KL within the tail), a relative error of at most ~p_tail. Measured on Gemma 3 "
+            "270M's rows: lumped KL(q||f32) is within 0.01% of the exact value for the plain and "
             "code prompts and 1.2% low for the chat prompt (p_tail 5.6e-3)."
         ),
     }
@@ -598,7 +630,7 @@ def main():
             f32_path = ensure_f32_copy(spec)
         if "logits" in only:
             make_logits_and_greedy(name, spec, f32_path)
-        if "perplexity" in only:
+        if "perplexity" in only and spec.get("perplexity", True):
             make_perplexity(name, spec, f32_path)
 
 

@@ -17,11 +17,27 @@ def _pulled(name: str) -> str:
     return resolve(name, pull_if_missing=True, log=lambda m: print(m, file=sys.stderr))
 
 
+QWEN15 = "qwen2.5-coder-1.5b"
+
+
+def qwen15_enabled() -> bool:
+    """Qwen2.5-Coder-1.5B (a 1.1 GB download) is tested when its file is already in
+    models/, or when TINYLLM_TEST_QWEN15=1 asks for it (then it is pulled at session
+    start); otherwise its cases are not collected."""
+    from tinyllm.registry import load_registry, models_dir
+    if os.environ.get("TINYLLM_TEST_QWEN15") == "1":
+        return True
+    return (models_dir() / load_registry()["models"][QWEN15]["file"]).is_file()
+
+
 def pytest_sessionstart(session):
-    """Pull both real models before collection: some tests are parametrized by the
-    tensors these files hold. On a fresh machine this downloads ~340 MiB once."""
-    for name in ("smollm2-135m", "gemma3-270m"):
+    """Pull the real models before collection: some tests are parametrized by the
+    tensors these files hold. On a fresh machine this downloads ~810 MiB once
+    (SmolLM2-135M, Gemma 3 270M, Qwen2.5-Coder-0.5B)."""
+    for name in ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"):
         _pulled(name)
+    if qwen15_enabled():
+        _pulled(QWEN15)
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +81,35 @@ def gemma3(gemma3_path):
     from tinyllm.tokenizer import Tokenizer
     m = Model(gemma3_path, n_ctx=2048)
     return m, Tokenizer.from_gguf(m.gguf)
+
+
+def _model_and_tokenizer(path):
+    from tinyllm.model import Model
+    from tinyllm.tokenizer import Tokenizer
+    m = Model(path, n_ctx=2048)
+    return m, Tokenizer.from_gguf(m.gguf)
+
+
+@pytest.fixture(scope="session")
+def qwen05_path() -> str:
+    return _pulled("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def qwen15_path() -> str:
+    return _pulled(QWEN15)
+
+
+@pytest.fixture(scope="session")
+def qwen05(qwen05_path):
+    """(Model, Tokenizer) for Qwen2.5-Coder-0.5B-Instruct with a 2048-token context."""
+    return _model_and_tokenizer(qwen05_path)
+
+
+@pytest.fixture(scope="session")
+def qwen15(qwen15_path):
+    """(Model, Tokenizer) for Qwen2.5-Coder-1.5B-Instruct with a 2048-token context."""
+    return _model_and_tokenizer(qwen15_path)
 
 
 # ---- the ARM CI job's subsets (.ci/arm.sh runs `pytest -m arm` / `-m armhf` under qemu) ----

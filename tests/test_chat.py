@@ -290,6 +290,29 @@ def test_gemma_base_model_uses_gemma_turns(gemma_tok):
     assert f"[mem] prompt {n} tok" in r.stderr
 
 
+def test_qwen_chats_in_its_chatml_template(qwen05_path):
+    """Qwen2.5-Coder's own template: ChatML with its default system prompt; each reply
+    ends at <|im_end|> (not at -n), and the next turn feeds only the new markup."""
+    from tinyllm.gguf_file import GGUFFile
+    from tinyllm.tokenizer import Tokenizer
+    tok = Tokenizer.from_gguf(GGUFFile(qwen05_path))
+    first, second = "What is 2 + 3? Reply with the number only.", "And times 4?"
+    r = run_cli("chat", "qwen2.5-coder-0.5b", "--temp", "0", "-n", "64", input=f"{first}\n{second}\n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "chat format: the model's own template" in r.stderr
+    assert "reply stopped at n_predict" not in r.stderr
+    replies = r.stdout.splitlines()
+    assert len(replies) == 2 and replies[0].strip() == "5"
+    system = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    turn1 = f"{system}<|im_start|>user\n{first}<|im_end|>\n<|im_start|>assistant\n"
+    both = f"{turn1}{replies[0]}<|im_end|>\n<|im_start|>user\n{second}<|im_end|>\n<|im_start|>assistant\n"
+    n1 = len(tok.encode(turn1, parse_special=True))
+    n_reply = len(tok.encode(replies[0]))
+    n2 = len(tok.encode(both, parse_special=True)) - n1 - n_reply
+    prompts = [int(n) for n in re.findall(r"\[mem\] prompt (\d+) tok", r.stderr)]
+    assert prompts == [n1, n2], (prompts, n1, n2)
+
+
 # ---- the conversation logic, in process ------------------------------------------------------
 
 @pytest.fixture(scope="module")

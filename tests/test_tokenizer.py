@@ -2,7 +2,8 @@
 
 The reference ids in tests/fixtures/<model>/tokens.json come from llama.cpp
 (scripts/make_fixtures.py): SmolLM2 is a byte-level BPE vocab ("gpt2", pre
-"smollm"), Gemma 3 a SentencePiece one ("llama", 262144 tokens).
+"smollm"), Gemma 3 a SentencePiece one ("llama", 262144 tokens), Qwen2.5-Coder a
+byte-level BPE one with the "qwen2" pre-tokenizer (digits one at a time, 151936 tokens).
 """
 
 import json
@@ -10,12 +11,15 @@ import types
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, QWEN15, qwen15_enabled
 from tinyllm.errors import TinyLLMError
 from tinyllm.gguf_file import GGUFFile
 from tinyllm.tokenizer import Tokenizer
 
-MODELS = {"smollm2-135m": "smollm2_path", "gemma3-270m": "gemma3_path"}
+MODELS = {"smollm2-135m": "smollm2_path", "gemma3-270m": "gemma3_path",
+          "qwen2.5-coder-0.5b": "qwen05_path"}
+if qwen15_enabled():
+    MODELS[QWEN15] = "qwen15_path"
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

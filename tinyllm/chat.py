@@ -40,6 +40,7 @@ from .tools import memory
 from .chat_template import ChatTemplate
 from .errors import TinyLLMError
 from .generate import Session, Stats
+from .sampling import describe as describe_sampling
 
 MiB = 1 << 20
 INTERRUPTED = " [interrupted]"
@@ -350,6 +351,7 @@ class Chat:
             self.n_predict = v
         else:
             setattr(self.sampler.s, attr, v)
+            self.sampler.s.sources[attr] = "/set"
         self.info(f"[{key} = {v}]")
 
     def cmd_ctx(self, arg: str) -> None:
@@ -478,6 +480,7 @@ def banner(model, chat: Chat) -> str:
         f"  context {model.n_ctx} tokens | KV cache {model.cache.kv_type} | flash attention {fa} | "
         f"{jit.get_threads()} threads",
         f"  chat format: {fmt}",
+        f"  sampling: {describe_sampling(chat.sampler.s)}",
     ])
 
 
@@ -613,7 +616,7 @@ def run_chat(args) -> None:
 
     from .sampling import sampler_from_args as _sampler
     model, tok, baseline = load(args, log)
-    chat = Chat(model, tok, _sampler(args), args.n_predict, args.system, runtime_baseline=baseline,
+    chat = Chat(model, tok, _sampler(args, model.gguf), args.n_predict, args.system, runtime_baseline=baseline,
                 verbose=getattr(args, "verbose", False), color=err_tty,
                 builtin_template=getattr(args, "builtin_template", False))
     chat.info(banner(model, chat))

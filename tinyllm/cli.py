@@ -96,18 +96,22 @@ def _model_args(p, optional=False):
     _threads_arg(p)
 
 
-def _sampling_args(p, temp=0.8):
-    p.add_argument("--temp", type=float, default=temp, help="temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
+def _sampling_args(p):
+    # No argparse defaults: a flag left out falls back to the model's own values (its GGUF's
+    # general.sampling.* keys, then the registry's), then to llama.cpp's defaults.
+    d = "default: the model's, else %s"
+    p.add_argument("--temp", type=float, default=None, help="temperature; 0 = greedy (" + d % "0.8)")
+    p.add_argument("--top-k", type=int, default=None, help=d % "40")
+    p.add_argument("--top-p", type=float, default=None, help=d % "0.95")
+    p.add_argument("--min-p", type=float, default=None, help=d % "0.05")
+    p.add_argument("--repeat-penalty", type=float, default=None, help=d % "1.0 (off)")
+    p.add_argument("--repeat-last-n", type=int, default=None, help=d % "64")
     p.add_argument("--seed", type=int, default=None)
 
 
-def _sampler(args):
+def _sampler(args, gguf=None):
     from .sampling import sampler_from_args
-    return sampler_from_args(args)
+    return sampler_from_args(args, gguf)
 
 
 # ---- verbs -----------------------------------------------------------------------------
@@ -133,7 +137,7 @@ def cmd_run(args):
     stats = Stats()
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    for piece in session.generate(ids, _sampler(args), n_predict=args.n_predict, stats=stats):
+    for piece in session.generate(ids, _sampler(args, model.gguf), n_predict=args.n_predict, stats=stats):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -194,3 +194,17 @@ def list_models() -> list[tuple[str, str, bool, str]]:
         if p.name not in known:
             rows.append((p.stem, str(p), True, "local file"))
     return rows
+
+
+def sampling_defaults(name_or_path: str | None) -> dict:
+    """The registry's recommended sampler values ("sampling" in registry.json: the model
+    maker's, from its model card or generation_config.json) for a registry name, or for a
+    path to a registry model's file (matched by file name); {} for any other file.
+    tinyllm.sampling.model_settings layers these under the user's and the GGUF's values."""
+    reg = load_registry()
+    name = name_or_path or reg["default"]
+    entry = reg["models"].get(name)
+    if entry is None:
+        base = os.path.basename(name)
+        entry = next((e for e in reg["models"].values() if e["file"] == base), {})
+    return {k: v for k, v in entry.get("sampling", {}).items() if not k.startswith("_")}

@@ -366,20 +366,28 @@ class Models:
 
 # ---- requests -----------------------------------------------------------------------------
 
-def sampler_from(options: dict):
-    """Ollama's options (or OpenAI's fields) -> a Sampler.  Unset fields keep tinyllm's defaults."""
-    from .sampling import Sampler, SamplerSettings
-    s = SamplerSettings()
+def sampler_from(options: dict) -> dict:
+    """Ollama's options (or OpenAI's fields) -> the sampling values the request sets, checked.
+    The sampler itself is made once the model is loaded (sampler_for), since an unset
+    value takes the model's own default: its GGUF's general.sampling.* keys, else the
+    registry's recommendation (sampling.model_settings, as `tinyllm run` and `chat` do)."""
     fields = {"temperature": float, "top_k": int, "top_p": float, "min_p": float,
               "repeat_penalty": float, "repeat_last_n": int, "seed": int}
+    chosen = {}
     for key, typ in fields.items():
         v = options.get(key)
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise HTTPError(400, f"option {key} must be a number, got {v!r}")
-        setattr(s, key, typ(v))
-    return Sampler(s)
+        chosen[key] = typ(v)
+    return chosen
+
+
+def sampler_for(lm, chosen: dict):
+    """The request's values over the loaded model's defaults."""
+    from .sampling import Sampler, model_settings
+    return Sampler(model_settings(lm.path, lm.model.gguf, chosen))
 
 
 def stop_strings(v) -> list:
@@ -418,7 +426,7 @@ class Job:
     num_ctx: int | None
     keep_alive: float
     build_ids: object              # (Loaded) -> prompt token ids
-    sampler: object = None
+    sampler: dict = field(default_factory=dict)   # the request's sampling values (sampler_from)
     num_predict: int | None = None
     stops: list = field(default_factory=list)
     empty: bool = False            # no prompt: only load (or unload) the model
@@ -563,7 +571,7 @@ class Server:
     def show(self, environ, start_response):
         from .chat_template import ChatTemplate
         from .gguf_file import GGUFFile
-        from .sampling import SamplerSettings
+        from .sampling import model_settings
         req = self.body(environ)
         name = self.models.resolve(req.get("model") or req.get("name"))
         lm = self.models.loaded.get(name)
@@ -577,7 +585,7 @@ class Server:
         if not src:
             from .tokenizer import Tokenizer
             src = ChatTemplate.for_model(g, Tokenizer.from_gguf(g)).source
-        s = SamplerSettings()
+        s = model_settings(self.models.paths[name], g)
         params = "\n".join(f"{k:<16}{v}" for k, v in (("temperature", s.temperature), ("top_k", s.top_k),
                                                       ("top_p", s.top_p), ("min_p", s.min_p)))
         modelfile = f"# tinyllm serves this model from a GGUF file\nFROM {self.models.paths[name]}\n" \
@@ -738,7 +746,7 @@ class Server:
                 if gone() or self.stopping.is_set():
                     raise Stopped()
             try:
-                for piece in lm.session.generate(ids, job.sampler, n_predict, job.stops, stats,
+                for piece in lm.session.generate(ids, sampler_for(lm, job.sampler), n_predict, job.stops, stats,
                                                  on_token=on_token):
                     yield piece, None
             except (Stopped, TinyLLMError, GeneratorExit):
