@@ -170,6 +170,12 @@ def cmd_perplexity(args):
             text = f.read()
     except OSError as e:
         raise TinyLLMError(f"cannot read {args.file}: {e.strerror}") from None
+    if args.kld_base:           # two models that cannot be compared are refused before either loads
+        from .gguf_file import GGUFFile
+        from .registry import resolve
+        from .tools.kld import check_same_vocabulary
+        check_same_vocabulary(GGUFFile(resolve(args.model, pull_if_missing=True, log=log)),
+                              GGUFFile(resolve(args.kld_base, pull_if_missing=True, log=log)))
     model, tok = open_model(args, quiet=args.json)
     if args.kld_base:
         from .tools.kld import format_summary

@@ -12,7 +12,6 @@ does not see (it sees a kernel's own file, the CPU and its own version).
 
 from __future__ import annotations
 
-import glob
 import os
 import platform
 
@@ -136,18 +135,15 @@ def call_serial(kernel, *args):
 
 
 def cache_is_warm(dispatchers) -> bool:
-    """True when every kernel has an on-disk cache index newer than its source file."""
+    """True when numba's disk cache holds machine code for every kernel, as numba itself
+    judges it: an index whose source stamp matches the kernel's file and which lists at
+    least one compiled signature.  (Comparing file times instead is wrong both ways: a
+    fresh clone of the same sources is newer than a valid cache.)"""
     for d in dispatchers:
-        src = d.py_func.__code__.co_filename
-        qual = d.py_func.__qualname__
         try:
-            src_mtime = os.path.getmtime(src)
-        except OSError:
-            return False
-        # numba names index files <module>.<qualname>-<line>.py<ver>.nbi somewhere under CACHE_DIR
-        stem = os.path.splitext(os.path.basename(src))[0]
-        hits = glob.glob(os.path.join(CACHE_DIR, "**", f"{stem}.{qual}-*.nbi"), recursive=True)
-        if not hits or max(os.path.getmtime(h) for h in hits) < src_mtime:
+            if not d._cache._cache_file._load_index():     # {} when absent or stale
+                return False
+        except AttributeError:          # a numba without this cache layout: assume cold
             return False
     return True
 
