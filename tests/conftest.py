@@ -53,10 +53,7 @@ def gemma3_path() -> str:
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
     """(Model, Tokenizer) for SmolLM2 with a 2048-token context."""
-    from tinyllm.model import Model
-    from tinyllm.tokenizer import Tokenizer
-    m = Model(smollm2_path, n_ctx=2048)
-    return m, Tokenizer.from_gguf(m.gguf)
+    return _model_and_tokenizer(smollm2_path)
 
 
 def kl(p_logits, q_logits) -> float:
@@ -77,13 +74,11 @@ def run_cli(*args, input=None, timeout=600, env=None):
 @pytest.fixture(scope="session")
 def gemma3(gemma3_path):
     """(Model, Tokenizer) for Gemma 3 270M with a 2048-token context."""
-    from tinyllm.model import Model
-    from tinyllm.tokenizer import Tokenizer
-    m = Model(gemma3_path, n_ctx=2048)
-    return m, Tokenizer.from_gguf(m.gguf)
+    return _model_and_tokenizer(gemma3_path)
 
 
 def _model_and_tokenizer(path):
+    """(Model, Tokenizer) over a 2048-token context: every real-model fixture."""
     from tinyllm.model import Model
     from tinyllm.tokenizer import Tokenizer
     m = Model(path, n_ctx=2048)
