@@ -3,7 +3,7 @@
 Only the header (metadata + tensor infos) is written; the file is then extended
 with truncate() to the size the tensors would occupy, so a 4.7 GB model costs a
 couple of MB of disk.  Good for anything that reads only the header: the memory
-planner and Ollama's estimate (tinyllm/tools/memory.py, tinyllm/tools/ollama.py).  Reading
+planner and Ollama's estimate (tinyllm/memory.py, tinyllm/tools/ollama.py).  Reading
 tensor data gives zeros.
 
 The model here is Qwen2.5-7B-Instruct as Ollama ships it (`qwen2.5:7b`, Q4_K_M),

@@ -346,7 +346,7 @@ def load(path) -> str:
     model's dimensions (the config and the memory plan's shape).  'ok' or 'error'."""
     from tinyllm.errors import TinyLLMError
     from tinyllm.gguf_file import GGUFFile
-    from tinyllm.tools.memory import ModelShape
+    from tinyllm.memory import model_shape
     from tinyllm.model import Config
     try:
         g = GGUFFile(path)
@@ -354,7 +354,7 @@ def load(path) -> str:
         return "error"
     try:
         Config.from_gguf(g)
-        ModelShape.from_gguf(g)
+        model_shape(g)
     except TinyLLMError:
         return "error"
     finally:

@@ -155,7 +155,7 @@ def test_number_of_dimensions(tmp_path, n_dims):
 ])
 def test_hyperparameters_of_the_wrong_type_or_range(tmp_path, smollm2_path, key, value, needle):
     """A real header with one hyperparameter replaced: Config and the memory plan refuse it."""
-    from tinyllm.tools.memory import ModelShape
+    from tinyllm.memory import model_shape
     from tinyllm.model import Config
     seed = gguf_fuzz.map_seed("smollm2", gguf_fuzz.shrink(gguf_fuzz.header_of(smollm2_path)))
     g0 = write(tmp_path, seed.header, seed.file_size, "seed.gguf")
@@ -171,7 +171,7 @@ def test_hyperparameters_of_the_wrong_type_or_range(tmp_path, smollm2_path, key,
     h = bytes(h[:infos]) + s(key) + value + bytes(h[infos:])
     g = GGUFFile(write(tmp_path, h, padded(h, seed.data_size)))
     # the memory plan reads the dimensions only, not the float hyperparameters
-    for build in (Config.from_gguf, ModelShape.from_gguf) if "integer" in needle or "range" in needle \
+    for build in (Config.from_gguf, model_shape) if "integer" in needle or "range" in needle \
             else (Config.from_gguf,):
         with pytest.raises(TinyLLMError, match=needle):
             build(g)

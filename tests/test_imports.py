@@ -81,3 +81,16 @@ def test_tinyllm_has_no_import_cycle():
     assert "tinyllm.quant.rows" in graph and "tinyllm.jit" in graph["tinyllm.quant.rows"]
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_engine_does_not_import_the_tools():
+    """tinyllm/tools/ (quantize, inspect, ladder, perplexity, kld, the Ollama ledger) builds
+    on the engine, never the reverse: the engine reads on its own.  Front ends (cli, chat,
+    serve) may use both."""
+    graph = import_graph()
+    front = {"tinyllm.cli", "tinyllm.chat", "tinyllm.serve", "tinyllm.__main__"}
+    engine = {m for m in graph if not m.startswith("tinyllm.tools") and m not in front}
+    assert "tinyllm.startup" in engine and "tinyllm.memory" in engine
+    for m in sorted(engine):
+        bad = sorted(n for n in graph[m] if n.startswith("tinyllm.tools") or n in front)
+        assert not bad, f"{m} imports {bad}"

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_cli
-from tinyllm.tools import memory
+from tinyllm import memory
 from tinyllm.errors import TinyLLMError
 from tinyllm.gguf_file import GGUFFile
 
@@ -47,7 +47,7 @@ def test_available_bytes_reads_meminfo():
 
 def test_available_bytes_honours_an_address_space_limit():
     code = ("import resource\n"
-            "from tinyllm.tools import memory\n"
+            "from tinyllm import memory\n"
             "vm = memory._proc_kb_fields('/proc/self/status')['VmSize']\n"
             "resource.setrlimit(resource.RLIMIT_AS, (vm + 300 * 2**20, resource.RLIM_INFINITY))\n"
             "avail, source = memory.available_bytes()\n"
@@ -72,7 +72,7 @@ def test_run_refuses_a_plan_that_does_not_fit():
 
 SMALL_MEMORY = ("import sys\n"
                 "from tinyllm import cli\n"
-                "from tinyllm.tools import memory\n"
+                "from tinyllm import memory\n"
                 "memory.available_bytes = lambda: (64 * 2**20, 'pretend')\n"
                 "sys.exit(cli.main(sys.argv[1:]))\n")
 

@@ -1,4 +1,4 @@
-"""The memory ledger (tinyllm/tools/memory.py): planned sizes from the real models' headers,
+"""The memory plan (tinyllm/memory.py) and ledger (tinyllm/tools/memory.py): planned sizes from the real models' headers,
 measured numbers from this very process."""
 
 import json
@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyllm.tools import memory
+from tinyllm.model import Config, swa_layer_indices
+from tinyllm import memory
+from tinyllm.tools.memory import ledger
 from tinyllm.gguf_file import GGUFFile
 
 MiB = 1 << 20
@@ -42,25 +44,25 @@ def test_weights_by_type_and_group(smol):
 
 
 def test_shape_from_header(smol, gemma):
-    s = memory.ModelShape.from_gguf(smol)
+    s = memory.model_shape(smol)
     assert (s.n_layer, s.n_embd, s.n_head, s.n_head_kv, s.head_dim, s.n_vocab) == (30, 576, 9, 3, 64, 49152)
     assert s.swa_layers == ()
-    g = memory.ModelShape.from_gguf(gemma)
+    g = memory.model_shape(gemma)
     assert (g.head_dim, g.head_dim_v, g.n_head_kv, g.sliding_window) == (256, 256, 1, 512)
     # the same local/global layers llama.cpp logs as is_swa: every 6th layer is global
     assert [i for i in range(18) if i not in g.swa_layers] == [5, 11, 17]
 
 
 def test_swa_pattern_from_metadata():
-    assert memory.swa_layer_indices(8, 4) == (0, 1, 2, 4, 5, 6)
-    assert memory.swa_layer_indices(4, [True, False, True, False]) == (0, 2)
-    assert memory.swa_layer_indices(4, 0) == ()
+    assert swa_layer_indices(8, 4) == (0, 1, 2, 4, 5, 6)
+    assert swa_layer_indices(4, [True, False, True, False]) == (0, 2)
+    assert swa_layer_indices(4, 0) == ()
 
 
 # ---- planned: KV cache --------------------------------------------------------------------
 
 def test_smollm2_kv_cache(smol):
-    s = memory.ModelShape.from_gguf(smol)
+    s = memory.model_shape(smol)
     assert memory.kv_cache_bytes(s, 2048, "f16") == 30 * 2048 * 3 * 64 * 2 * 2 == 45 * MiB
     assert memory.kv_cache_bytes(s, 2048, "f32") == 90 * MiB
     assert memory.kv_cache_bytes(s, 2048, "q8_0") == 45 * MiB * 34 // 64
@@ -72,7 +74,7 @@ def test_smollm2_kv_cache(smol):
 
 
 def test_kv_cache_grows_in_chunks(smol):
-    s = memory.ModelShape.from_gguf(smol)
+    s = memory.model_shape(smol)
     per_cell = 30 * 3 * 128 * 2
     assert memory.kv_cache_bytes(s, 2048, "f16", n_tokens=0) == 0
     assert memory.kv_cache_bytes(s, 2048, "f16", n_tokens=1) == 256 * per_cell
@@ -82,7 +84,7 @@ def test_kv_cache_grows_in_chunks(smol):
 
 
 def test_gemma3_sliding_window_layers_keep_only_the_window(gemma):
-    s = memory.ModelShape.from_gguf(gemma)
+    s = memory.model_shape(gemma)
     per_cell = 1 * (256 + 256) * 2
     # 3 global layers hold the context, 15 local ones a ring of the 512-cell window plus
     # one 256-token batch (new tokens attend to the window before them)
@@ -93,7 +95,7 @@ def test_gemma3_sliding_window_layers_keep_only_the_window(gemma):
 
 
 def test_quantized_cache_needs_whole_blocks():
-    odd = memory.ModelShape("x", 1, 40, 80, 1, 1, 40, 40, 10, 100)
+    odd = Config("x", 1, 40, 80, 1, 1, 40, 40, 10, 100)
     with pytest.raises(memory.TinyLLMError):
         memory.kv_cache_bytes(odd, 16, "q8_0")
 
@@ -101,7 +103,7 @@ def test_quantized_cache_needs_whole_blocks():
 # ---- planned: scratch ---------------------------------------------------------------------
 
 def test_scratch_buffers(smol):
-    s = memory.ModelShape.from_gguf(smol)
+    s = memory.model_shape(smol)
     off = memory.scratch_bytes(s, n_batch=32, n_ctx=2048, flash_attn=False)
     on = memory.scratch_bytes(s, n_batch=32, n_ctx=2048, flash_attn=True)
     assert off["att"] == 9 * 32 * 2048 * 4              # H x T x n_kv float32
@@ -149,7 +151,7 @@ def test_metadata_objects_match_what_parsing_the_header_costs(gemma3_path):
     metadata_object_bytes is what RssAnon grows by (measured in a fresh process)."""
     code = (
         "import json, sys\n"
-        "from tinyllm.tools import memory\n"
+        "from tinyllm import memory\n"
         "from tinyllm.gguf_file import GGUFFile\n"
         "before = memory.measured().rss_anon\n"
         f"g = GGUFFile({gemma3_path!r})\n"
@@ -179,7 +181,7 @@ def test_plan_totals(smol):
 
 
 def test_ledger_table(smol):
-    led = memory.ledger(smol, n_ctx=2048, kv_type="f16", n_batch=32, flash_attn=False,
+    led = ledger(smol, n_ctx=2048, kv_type="f16", n_batch=32, flash_attn=False,
                         n_tokens=100, runtime_baseline_bytes=memory.measure_runtime_baseline())
     text = led.table()
     assert "MiB (2^20 bytes)" in text and "1 GB = 10^9 bytes" in text
@@ -201,7 +203,7 @@ def test_planned_kv_equals_the_real_cache(gemma3_path, n_tokens):
     model.forward(list(range(1000, 1000 + min(n_tokens, 256))), 0)
     for start in range(256, n_tokens, 256):
         model.forward(list(range(1000, 1000 + min(256, n_tokens - start))), start)
-    s = memory.ModelShape.from_gguf(model.gguf)
+    s = memory.model_shape(model.gguf)
     planned = memory.kv_cache_bytes(s, model.n_ctx, model.cache.kv_type, n_tokens=n_tokens)
     assert model.cache.nbytes_allocated == planned
 

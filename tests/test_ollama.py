@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from tinyllm.tools import memory, ollama
+from tinyllm import memory
+from tinyllm.tools import ollama
 from tinyllm.gguf_file import GGUFFile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def test_kv_table(q7, qwen7b, np_, f16_gib, q8_gib, q8_real_mib, q4_gib, q4_real
     # what ggml really allocates: llama-server's buffers and tinyllm's own cache agree
     for kv, mib in (("q8_0", q8_real_mib), ("q4_0", q4_real_mib), ("f16", f16_gib * 1024)):
         assert ollama.llama_server_buffers(q7, 32768, np_, kv)["kv"] == mib * MiB
-        shape = memory.ModelShape.from_gguf(qwen7b)
+        shape = memory.model_shape(qwen7b)
         assert np_ * memory.kv_cache_bytes(shape, 32768, kv) == mib * MiB
 
 

@@ -36,7 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from .tools import memory
+from . import memory
+from .tools.memory import ledger
 from .chat_template import ChatTemplate
 from .errors import TinyLLMError
 from .generate import Session, Stats
@@ -90,8 +91,7 @@ class MemoryMeter:
     def __init__(self, model, n_batch: int, flash_attn: bool | None):
         self.model = model
         self.file_size = os.path.getsize(model.path)
-        shape = memory.ModelShape.from_gguf(model.gguf)
-        self.scratch = sum(memory.scratch_bytes(shape, n_batch, model.n_ctx,
+        self.scratch = sum(memory.scratch_bytes(model.cfg, n_batch, model.n_ctx,
                                                 flash_attn is not False).values())
         self.prev_rss: int | None = None
 
@@ -370,7 +370,7 @@ class Chat:
                   f"flash attention {fa}]")
 
     def cmd_mem(self, arg: str) -> None:
-        led = memory.ledger(self.model.gguf, self.model.n_ctx, self.model.cache.kv_type,
+        led = ledger(self.model.gguf, self.model.n_ctx, self.model.cache.kv_type,
                             n_batch=self.session.n_batch, flash_attn=self.flash_attn is not False,
                             n_tokens=len(self.session.tokens),
                             runtime_baseline_bytes=self.runtime_baseline)

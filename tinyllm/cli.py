@@ -22,7 +22,7 @@ def log(msg: str) -> None:
 
 def peak_rss_mib() -> float:
     """The most resident memory this process has had (VmHWM), in MiB (2^20 bytes)."""
-    from .tools.memory import measured
+    from .memory import measured
     m = measured()
     return (m.peak_rss if m.peak_rss is not None else m.rss) / 2**20
 
@@ -204,7 +204,8 @@ def cmd_bench(args):
     import numpy as np
 
     from . import jit
-    from .tools import memory
+    from . import memory
+    from .tools.memory import ledger
     baseline = memory.measure_runtime_baseline()
     model, tok = open_model(args, quiet=args.json)
     rng = np.random.default_rng(0)
@@ -225,7 +226,7 @@ def cmd_bench(args):
         pos += 1
     t_tg = time.perf_counter() - t0
     # the ledger's planned total next to what /proc says, for scripts/bench_memory.py
-    led = memory.ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, args.flash_attn == "on",
+    led = ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, args.flash_attn == "on",
                         n_tokens=pos, runtime_baseline_bytes=baseline, measure=True, tokenizer=tok,
                         kernels_bytes=model.kernels_bytes)
     res = {"pp_tok_s": args.n_prompt / t_pp, "tg_tok_s": args.n_gen / t_tg if args.n_gen else 0.0,
@@ -252,7 +253,8 @@ def _kernels_in_use() -> str:
 
 
 def cmd_mem(args):
-    from .tools import memory
+    from . import memory
+    from .tools.memory import ledger
     from .gguf_file import GGUFFile
     from .registry import resolve
     flash = args.flash_attn == "on"
@@ -261,7 +263,7 @@ def cmd_mem(args):
         n_ctx = 2048 if args.ctx is None else args.ctx
         if n_ctx <= 0:
             raise TinyLLMError(f"--ctx must be positive, got {n_ctx}")
-        led = memory.ledger(g, n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_ctx,
+        led = ledger(g, n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_ctx,
                             num_parallel=args.parallel, measure=False, **_ollama_band(args))
         print(json.dumps(led.to_dict(), indent=1) if args.json else led.table())
         return
@@ -277,7 +279,7 @@ def cmd_mem(args):
     for start in range(0, n_fill, args.n_batch):
         model.forward(ids[start:start + args.n_batch], start)
     log(f"filled {n_fill} tokens in {time.perf_counter() - t0:.1f} s")
-    led = memory.ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_fill,
+    led = ledger(model.gguf, model.n_ctx, args.kv_type, args.n_batch, flash, n_tokens=n_fill,
                         runtime_baseline_bytes=baseline, num_parallel=args.parallel,
                         measure=True, tokenizer=tok, kernels_bytes=model.kernels_bytes, **_ollama_band(args))
     print(json.dumps(led.to_dict(), indent=1) if args.json else led.table())

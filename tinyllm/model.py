@@ -48,36 +48,41 @@ class Config:
     head_dim_v: int                # D of values
     n_vocab: int
     n_ctx_train: int               # context length the model was trained for
-    norm_eps: float
-    rope_freq_base: float
-    rope_dim: int                  # features rotated per head (<= head_dim)
-    rope_neox: bool                # pairs are halves (neox) rather than adjacent (llama)
+    norm_eps: float = 1e-5
+    rope_freq_base: float = 10000.0
+    rope_dim: int = 0              # features rotated per head (<= head_dim)
+    rope_neox: bool = True         # pairs are halves (neox) rather than adjacent (llama)
     rope_freq_scale: float = 1.0
     attn_scale: float = 0.0        # multiplies q.k; 1/sqrt(head_dim) unless the family says otherwise
     embed_scale: float = 1.0       # gemma multiplies embeddings by sqrt(E)
     ffn_act: str = "silu"          # gate activation: silu (SwiGLU) or gelu_tanh (GeGLU)
-    sliding_window: int = 0        # 0 = every layer attends to the whole context
+    sliding_window: int = 0        # cells a sliding-window layer attends to; 0 = none
     swa_layers: tuple = ()         # indices of sliding-window layers
     rope_freq_base_swa: float = 0.0
     post_norms: bool = False       # gemma's extra norms after attention and after the FFN
 
     @classmethod
-    def from_gguf(cls, g: GGUFFile) -> "Config":
+    def from_gguf(cls, g: GGUFFile, runnable: bool = True) -> "Config":
+        """The one reader of a GGUF's hyper-parameters.  runnable=False reads the shape of
+        any architecture (what the memory ledger sizes), with per-layer arrays at their
+        largest value; runnable=True also insists that forward() can run it."""
         arch = g.get("general.architecture")
-        if arch not in SUPPORTED_ARCHS:
+        if arch is None:
+            raise TinyLLMError(f"{g.path}: no general.architecture in the header")
+        if runnable and arch not in SUPPORTED_ARCHS:
             raise TinyLLMError(f"{g.path}: architecture {arch!r} is not supported "
                                f"(supported: {', '.join(SUPPORTED_ARCHS)})")
 
         def count(key, default=None, lo=1, hi=2**31 - 1) -> int:
             v = g.get_int(f"{arch}.{key}", default, lo, hi)
-            if isinstance(v, tuple):    # per-layer arrays (head_count_kv on some models): all equal here
-                if len(set(v)) > 1:
+            if isinstance(v, tuple):    # per-layer arrays (head_count_kv on some models)
+                if runnable and len(set(v)) > 1:
                     raise TinyLLMError(f"{g.path}: per-layer {key} values are not supported")
-                return v[0]
+                return max(v)
             return v
 
         def number(key, default=None) -> float:
-            return g.get_float(f"{arch}.{key}", default)
+            return g.get_float(f"{arch}.{key}", default) if runnable else default
 
         # every layer has tensors, so a block count beyond the tensor count is a lie
         n_layer = count("block_count", hi=max(1, len(g.tensors)))
@@ -85,6 +90,7 @@ class Config:
         head_dim = count("attention.key_length", max(1, n_embd // n_head))
         tokens = g.get("tokenizer.ggml.tokens")
         n_vocab = count("vocab_size", len(tokens) if isinstance(tokens, list) else 0, lo=0)
+        window = count("attention.sliding_window", 0, lo=0)
         c = cls(
             arch=arch, n_layer=n_layer, n_embd=n_embd,
             n_ff=count("feed_forward_length"), n_head=n_head,
@@ -95,8 +101,10 @@ class Config:
             rope_freq_base=number("rope.freq_base", 10000.0),
             rope_dim=count("rope.dimension_count", head_dim, lo=0, hi=head_dim),
             rope_neox=arch != "llama",
+            sliding_window=window,
+            swa_layers=swa_layer_indices(n_layer, sliding_window_pattern(g, arch)) if window else (),
         )
-        if g.get(f"{arch}.rope.scaling.type") == "linear":
+        if runnable and g.get(f"{arch}.rope.scaling.type") == "linear":
             factor = number("rope.scaling.factor", 1.0)
             if factor <= 0:
                 raise TinyLLMError(f"{g.path}: {arch}.rope.scaling.factor must be positive, got {factor}")
@@ -106,16 +114,36 @@ class Config:
             c.embed_scale = math.sqrt(n_embd)
             c.ffn_act = "gelu_tanh"
             c.post_norms = True
-            c.sliding_window = count("attention.sliding_window", 0, lo=0)
-            # Gemma 3 interleaves 5 local (sliding-window) layers with 1 global one;
-            # local layers use rope base 10k, global ones the long-context base from metadata.
-            pattern = g.get_int("gemma3.attention.sliding_window_pattern", 6)
-            c.swa_layers = tuple(i for i in range(c.n_layer) if (i + 1) % pattern != 0)
-            c.rope_freq_base_swa = 10000.0
+            c.rope_freq_base_swa = 10000.0   # local layers: base 10k; global ones: the metadata's
         return c
 
     def layer_window(self, il: int) -> int | None:
         return self.sliding_window if il in self.swa_layers else None
+
+
+
+# Sliding-window patterns (llama.cpp's set_swa_pattern) when the GGUF has no
+# `{arch}.attention.sliding_window_pattern`: Gemma 3 interleaves 5 local layers with 1 global.
+SWA_PATTERN_DEFAULT = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+
+
+def sliding_window_pattern(g: GGUFFile, arch: str):
+    """The GGUF's pattern: an int n, or one bool per layer (see swa_layer_indices)."""
+    key = f"{arch}.attention.sliding_window_pattern"
+    pattern = g.get(key, SWA_PATTERN_DEFAULT.get(arch, 0))
+    if isinstance(pattern, (np.ndarray, list)):
+        return pattern
+    return g.get_int(key, SWA_PATTERN_DEFAULT.get(arch, 0), lo=0)
+
+
+def swa_layer_indices(n_layer: int, pattern) -> tuple:
+    """Which layers use the sliding window: pattern n means layer il is local iff
+    il % n < n - 1 (every n-th layer is global; Gemma 3: n = 6); one bool per layer
+    means True = local; 0: none."""
+    if isinstance(pattern, (np.ndarray, list, tuple)):
+        return tuple(i for i, local in enumerate(pattern) if local)
+    n = int(pattern or 0)
+    return tuple(i for i in range(n_layer) if i % n < n - 1) if n > 0 else ()
 
 
 @dataclass

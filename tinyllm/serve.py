@@ -142,7 +142,7 @@ def jsonable(v):
 def mem_available() -> int | None:
     """What this process can still use (memory.available_bytes: MemAvailable, or what
     `ulimit -v` leaves); None where neither is known."""
-    from .tools import memory
+    from . import memory
     return memory.available_bytes()[0]
 
 
@@ -150,7 +150,7 @@ def memory_needed(path: str, n_ctx: int, kv_type: str, flash_attn: bool) -> int:
     """What loading a model adds to this process at most, from its header: the same
     figure `run` and `chat` check before loading (memory.load_bytes: the mapped file, a
     full KV cache, one batch of scratch, tokenizer tables, kernels)."""
-    from .tools import memory
+    from . import memory
     from .gguf_file import GGUFFile
     plan = memory.MemoryPlan.from_gguf(GGUFFile(path), n_ctx, kv_type, 256, flash_attn,
                                        n_tokens=n_ctx, count_tokenizer=False)
@@ -265,7 +265,7 @@ class Models:
         return lm, time.perf_counter() - t0
 
     def _load(self, name: str, n_ctx: int | None) -> Loaded:
-        from .tools import memory
+        from . import memory
         from .chat_template import ChatTemplate
         from .cli import open_model
         from .generate import Session
@@ -536,7 +536,7 @@ class Server:
     def ps(self, environ, start_response):
         """Ollama's /api/ps, with tinyllm's ledger: `size` is the planned resident memory
         with the KV cache as it is now; `tinyllm` has the KV cache used and allocated."""
-        from .tools import memory
+        from . import memory
         out = []
         with self.models.lock:
             loaded = list(self.models.loaded.items())

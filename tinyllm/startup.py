@@ -93,9 +93,9 @@ def open_model(model: str, n_ctx: int | None = None, kv_type: str = "f16", flash
 
 def check_plan(model, kv_type: str, flash_attn: bool, progress=_quiet, mem_check: bool = True) -> None:
     """Before any weight page is touched: warn about a context longer than the model was
-    trained for, and refuse a memory plan (tools/memory.py's ledger) that needs more than
+    trained for, and refuse a memory plan (memory.py) that needs more than
     this machine has available (TinyLLMError with both numbers and what to change)."""
-    from .tools import memory
+    from . import memory
     if model.n_ctx > model.cfg.n_ctx_train:
         progress(f"warning: --ctx {model.n_ctx} is longer than the {model.cfg.n_ctx_train} tokens "
                  f"{os.path.basename(model.path)} was trained on; past that its output degrades")
@@ -106,7 +106,7 @@ def check_plan(model, kv_type: str, flash_attn: bool, progress=_quiet, mem_check
 
 def warm_model(model, progress=_quiet) -> None:
     """The kernels of this model's formats under its numerics, then LLVM's pages let go."""
-    from .tools.memory import measured
+    from .memory import measured
     anon_before = measured().rss_anon
     warm_kernels(model.matrix_types(), model.numerics, progress)
     jit.release_compiler_pages()      # every kernel is loaded: LLVM's pages can go

@@ -48,13 +48,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..kvcache import kv_format
+
 MiB = 1 << 20
 
 # Ollama's estimate: kvCacheBytesPerElement (fs/ggml/ggml.go).  It ignores the
 # per-block scale, so q8_0 is 6% and q4_0 12.5% below what ggml allocates.
 OLLAMA_KV_BYTES = {"f16": 2.0, "q8_0": 1.0, "q4_0": 0.5, "f32": 4.0}
-# What ggml really stores: (elements per block, bytes per block).
-GGML_KV_BLOCK = {"f32": (1, 4), "f16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18)}
 
 DEFAULT_NUM_BATCH = 512        # api/types.go DefaultOptions; llama.cpp's n_ubatch stays 512 too
 MINIMUM_MEMORY = {"cuda": 457 * MiB, "rocm": 457 * MiB, "metal": 512 * MiB}  # ml/device.go
@@ -350,12 +350,6 @@ def pad(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def kv_row_bytes(kv_type: str, n_elements: int) -> int:
-    """ggml_row_size: bytes for n_elements of a cache type, block scales included."""
-    block, size = GGML_KV_BLOCK[kv_type]
-    return n_elements // block * size
-
-
 def llama_server_buffers(model: OllamaModel, num_ctx: int, num_parallel: int = 1,
                          kv_type: str = "f16", flash_attn: bool = True, gpu: bool = False,
                          n_ubatch: int = DEFAULT_NUM_BATCH) -> dict:
@@ -395,7 +389,7 @@ def llama_server_buffers(model: OllamaModel, num_ctx: int, num_parallel: int = 1
         if model.arch == "gemma3" and model.sliding_window and not is_gemma3_global(il):
             cells = min(n_ctx_seq, pad(model.sliding_window + n_ubatch, 256))
         n_kv_elements = model.head_count_kv[il] * (model.key_length + model.value_length)
-        kv += kv_row_bytes(kv_type, n_kv_elements) * cells * num_parallel
+        kv += kv_format(kv_type).row_bytes(n_kv_elements) * cells * num_parallel   # ggml_row_size
     if flash_attn:
         compute = 4 * b * (E + V)
     else:
