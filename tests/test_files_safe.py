@@ -89,10 +89,15 @@ def test_quantize_interrupted_leaves_nothing_behind(smollm2_path, tmp_path, sig)
     deadline = time.time() + 600
     while not any(tmp_path.iterdir()) and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
+    # Stop the process the moment its temp file exists, and check it is still writing:
+    # the signal then lands inside the write whatever the machine's load (a sleep before
+    # the signal let a busy machine finish the write first).
+    p.send_signal(signal.SIGSTOP)
     tmp_files = list(tmp_path.iterdir())
     assert tmp_files and tmp_files[0].name.startswith(".q.gguf.") and tmp_files[0].name.endswith(".tmp")
-    time.sleep(0.5)
+    assert not out.exists() and p.poll() is None
     p.send_signal(sig)
+    p.send_signal(signal.SIGCONT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert b"Traceback" not in err
