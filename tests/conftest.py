@@ -81,7 +81,7 @@ def _model_and_tokenizer(path):
     """(Model, Tokenizer) over a 2048-token context: every real-model fixture."""
     from tinyllm.model import Model
     from tinyllm.tokenizer import Tokenizer
-    m = Model(path, n_ctx=2048)
+    m = Model(path, n_ctx=2048, numerics="decode")   # prompts exact: compared with llama.cpp's F32 copy
     return m, Tokenizer.from_gguf(m.gguf)
 
 
@@ -117,7 +117,7 @@ ARM_TESTS = {
     # every format: numba prefill kernel and one-token decode against numpy / float64
     "test_linear_matches_references",
     "test_linear_on_real_layers",
-    "test_int8_decode_kernels_equal_the_rounding_oracle",   # native (dotprod) and neon
+    "test_int8_kernels_equal_the_rounding_oracle",   # decode and prefill; native (dotprod) and neon
     "test_kernel_unpack_row_is_the_dequantization",
     "test_activation_quantizers_numba_equal_numpy",
     "test_round_to_f16_matches_numpy",
@@ -140,7 +140,7 @@ ARMHF_TESTS = {
 }
 # what the ARM job repeats as a Pi 4 (qemu's cortex-a72: no dotprod, so a wrongly chosen
 # sdot would be an illegal instruction): the int8 kernels on the paths it can run
-ARM_CPU_TESTS = {"test_int8_decode_kernels_equal_the_rounding_oracle"}
+ARM_CPU_TESTS = {"test_int8_kernels_equal_the_rounding_oracle"}
 
 
 def pytest_configure(config):

@@ -91,8 +91,9 @@ def test_prompt_ids_match_llama_cpp(case):
 
 def greedy_steps_agreeing(model, name, kind, min_margin, exact):
     """For each greedy.json prompt: our greedy tokens must equal llama.cpp's continuation on
-    the `kind` file ("f32" copy or "q"uantized; exact: decode steps without 8-bit
-    activations) until they first differ, and they may differ only at a step whose
+    the `kind` file ("f32" copy or "q"uantized; exact: the prompt and the decode steps
+    without 8-bit activations, else with them everywhere, the default "llama" numerics)
+    until they first differ, and they may differ only at a step whose
     top-1/top-2 gap in llama.cpp is <= min_margin (there rounding may legitimately flip the
     choice; after a close step where both chose the same, the tokens so far are still the
     same and later steps stay comparable).  Returns how many steps agreed."""
@@ -101,7 +102,8 @@ def greedy_steps_agreeing(model, name, kind, min_margin, exact):
     for p in greedy["prompts"]:
         ref, margins = p[f"tokens_{kind}"], p[f"margins_{kind}"]
         model.reset()
-        logits = model.forward(p["ids"], 0)
+        numerics = "exact" if exact else "llama"
+        logits = model.forward(p["ids"], 0, numerics=numerics)
         pos = len(p["ids"])
         for step, want in enumerate(ref):
             t = int(np.argmax(logits))
@@ -110,7 +112,7 @@ def greedy_steps_agreeing(model, name, kind, min_margin, exact):
                 break
             compared += 1
             if step + 1 < len(ref):
-                logits = model.forward([t], pos, numerics="exact" if exact else "decode")
+                logits = model.forward([t], pos, numerics=numerics)
                 pos += 1
     return compared
 
@@ -125,7 +127,8 @@ def test_greedy_continuation_matches_where_margin_is_clear(case):
 
 
 def test_int8_decode_follows_llama_cpp_on_the_quantized_file(case):
-    """Default decode steps round activations to 8 bits like llama.cpp's one-token path:
+    """The default numerics ("llama": the prompt through the int8 prefill kernels, decode
+    steps through the int8 matvecs, activations rounded to 8 bits as llama.cpp does):
     same greedy tokens as llama.cpp generating from the quantized file, until a step where
     its top-1/top-2 gap is <= 0.5 logit.  The bound is wider than the exact
     test's 0.05 because the rounding is chaotic: llama.cpp's own batched and one-token
@@ -161,8 +164,9 @@ def test_perplexity_matches_llama_cpp(ppl_case, alice_text):
 
 
 def test_perplexity_with_llama_cpp_activation_rounding(ppl_case):
-    """TINYLLM_ACTIVATIONS=llama rounds activations to 8 bits as llama.cpp does; then the
-    perplexity is within 0.5 % of llama.cpp's on the quantized file, same windows."""
+    """The default numerics ("llama", set here explicitly) round activations to 8 bits as
+    llama.cpp does, int8 prefill kernels included; then the perplexity is within 0.5 % of
+    llama.cpp's on the quantized file, same windows."""
     from conftest import run_cli
     name, model, tok, meta, npz = ppl_case
     r = run_cli("perplexity", model.path, "--file", FIXTURES / "text" / "alice_ch1-3.txt",

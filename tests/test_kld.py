@@ -92,13 +92,13 @@ def perturbed(tmp_path_factory, smollm2_path):
 @pytest.fixture(scope="module")
 def perturbed_model(perturbed):
     from tinyllm.model import Model
-    return Model(perturbed, n_ctx=CTX)
+    return Model(perturbed, n_ctx=CTX, numerics="decode")   # as the smollm2 fixture
 
 
 def test_a_model_against_itself_is_zero(smollm2, smollm2_path):
     from tinyllm.model import Model
     base, tok = smollm2
-    same = Model(smollm2_path, n_ctx=CTX)            # a second, separate instance of the file
+    same = Model(smollm2_path, n_ctx=CTX, numerics="decode")   # a second, separate instance of the file
     s = perplexity_kld(same, base, tok, TEXT, CTX, max_windows=2).summary()
     assert s["tokens"] == 2 * (CTX - 1)
     assert s["kld_mean"] == 0.0 and s["kld_max"] == 0.0
@@ -134,7 +134,7 @@ def test_cli_kld_json(smollm2, perturbed, perturbed_model):
     want = perplexity_kld(perturbed_model, base, tok, TEXT, CTX, max_windows=1).summary()
     args = ("perplexity", perturbed, "--kld-base", "smollm2-135m", "--file",
             FIXTURES / "text" / "alice_ch1-3.txt", "--ctx", CTX, "--windows", 1)
-    r = run_cli(*args, "--json")
+    r = run_cli(*args, "--json", env={"TINYLLM_ACTIVATIONS": "decode"})   # the numerics of the models here
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     # Not bit-exact: numba kernels compiled in this process and the same kernels loaded

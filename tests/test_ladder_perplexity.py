@@ -80,7 +80,7 @@ def test_ladder_file_perplexity_matches_llama_cpp(target, fx, smollm2_path, tok,
         assert sha256(path) == ref["sha256"], (
             f"tinyllm's {target} file is not the one llama.cpp scored: the quantizer's output changed "
             f"(re-run scripts/make_ladder_fixtures.py if that is intended)")
-        model = Model(path, n_ctx=ctx)
+        model = Model(path, n_ctx=ctx, numerics="exact")   # compared with llama.cpp's F32 copy
         res = perplexity(model, tok, text, ctx, max_windows=windows)
         del model
     finally:

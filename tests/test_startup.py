@@ -7,7 +7,7 @@ from conftest import run_cli
 def test_warmup_then_a_warm_start(smollm2_path):
     first = run_cli("warmup", "smollm2-135m")
     assert first.returncode == 0, first.stderr
-    assert "kernels for Q4_1, Q8_0 (decode numerics) ready" in first.stderr
+    assert "kernels for Q4_1, Q8_0 (llama numerics) ready" in first.stderr
     # only this model's formats, by role: never another format's kernel
     for line in first.stderr.splitlines():
         if "compiling" in line and "kernels:" in line:

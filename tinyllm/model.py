@@ -208,7 +208,7 @@ class Model:
     """Config + weights (memory-mapped) + KV cache: everything one conversation needs."""
 
     def __init__(self, path: str, n_ctx: int | None = None, kv_type: str = "f16", flash_attn: bool = True,
-                 numerics: str = "decode"):
+                 numerics: str = "llama"):
         if numerics not in NUMERICS:
             raise TinyLLMError(f"numerics {numerics!r}: expected one of {', '.join(NUMERICS)}")
         self.numerics = numerics       # what x looks like in the dot products (quant/__init__.py)
@@ -240,12 +240,13 @@ class Model:
 
 
 def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
-            all_logits: bool = False, numerics: str = "decode") -> np.ndarray:
+            all_logits: bool = False, numerics: str = "llama") -> np.ndarray:
     """Run tokens (at positions pos..pos+T-1) through the model, filling the KV cache.
 
     Returns logits [T, V] if all_logits else [V] for the last token.  Under numerics
-    "decode" a one-token step rounds activations to 8 bits inside the int8 matvecs, as
-    llama.cpp does; "exact" never rounds them, "llama" always (quant/activations.py).
+    "llama" (the default) activations are rounded to 8 bits before every quantized product,
+    as llama.cpp does; "decode" rounds them only in one-token steps, "exact" never
+    (quant/activations.py).
     """
     T = len(tokens)
 

@@ -2,7 +2,7 @@
 
 Every verb (run, chat, bench, perplexity, warmup, ...) starts through `open_model`:
 
-    model, tok = open_model("smollm2-135m", numerics="decode", progress=print)
+    model, tok = open_model("smollm2-135m", numerics="llama", progress=print)
 
 1. open: resolve the name (pulling a registry model that is missing), map the GGUF,
    read its hyper-parameters and weights, size the KV cache;
@@ -12,7 +12,7 @@ Every verb (run, chat, bench, perplexity, warmup, ...) starts through `open_mode
 3. give LLVM's pages back (jit.release_compiler_pages) once nothing is left to compile.
 
 The numerics default (what x looks like inside the dot products, quant/__init__.py) is
-TINYLLM_ACTIVATIONS when it is set, else "decode".
+TINYLLM_ACTIVATIONS when it is set, else "llama".
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from .quant import FORMATS, NUMERICS
 
 
 def default_numerics() -> str:
-    """TINYLLM_ACTIVATIONS (decode, exact or llama), else "decode"."""
-    mode = os.environ.get("TINYLLM_ACTIVATIONS", "").strip().lower() or "decode"
+    """TINYLLM_ACTIVATIONS (llama, decode or exact), else "llama"."""
+    mode = os.environ.get("TINYLLM_ACTIVATIONS", "").strip().lower() or "llama"
     if mode not in NUMERICS:
         raise TinyLLMError(f"TINYLLM_ACTIVATIONS={mode!r}: expected one of {', '.join(NUMERICS)}")
     return mode
@@ -37,7 +37,7 @@ def _quiet(_line: str) -> None:
     pass
 
 
-def warm_kernels(type_names, numerics: str = "decode", progress=_quiet) -> list[str]:
+def warm_kernels(type_names, numerics: str = "llama", progress=_quiet) -> list[str]:
     """Compile (or load from the disk cache) the kernels for these tensor types under
     `numerics`, then attention's and the small ops'.  A kernel not in the cache is
     announced before its compile and timed after it.  Returns the names compiled."""

@@ -11,11 +11,11 @@ decode, which rows.py's format-agnostic drivers turn into that format's kernels.
 activations.py rounds x the way llama.cpp does before each kind of dot product.
 
 numerics (per call) says what x looks like inside the dot products:
-    "decode"  x rounded to 8 bits as llama.cpp does in one-token steps over the formats
-              with an int8 kernel (Q8_0 Q4_0 Q4_1 Q5_0 Q4_K Q6_K); x as it is elsewhere
-    "exact"   x as it is everywhere
-    "llama"   x rounded everywhere, as llama.cpp does
-(activations.py says why "decode" is the default.)
+    "llama"   x rounded everywhere, as llama.cpp does (the default): the formats with int8
+              kernels (Q8_0 Q4_0 Q4_1 Q5_0 Q4_K Q6_K) multiply in int8, one token or many
+    "decode"  x rounded only in one-token steps over those formats; x as it is elsewhere
+    "exact"   x as it is everywhere: what llama.cpp computes on an F32 copy of the weights
+(activations.py says what each is for.)
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def linear_exact_np(w: QTensor, x: np.ndarray) -> np.ndarray:
 
 
 def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False,
-           numerics: str = "decode") -> np.ndarray:
+           numerics: str = "llama") -> np.ndarray:
     """y = x @ W^T.   x (n_cols,) -> (n_rows,)   or   x (T, n_cols) -> (T, n_rows).
 
     decode=True says this is a one-token step; `numerics` (module docstring) says whether
@@ -142,6 +142,8 @@ def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False,
         y2[:] = f.linear_np(w.raw, x2) if rounded else linear_exact_np(w, x2)
     elif matvec is not None:
         call_serial(matvec, w._w, x2[0], y2[0], F16_TO_F32)
+    elif rounded and f.prefill_int8 is not None:     # T tokens, int8 dot products
+        f.prefill_int8(w._w, x2, y2, F16_TO_F32)
     elif w._serial and x2.shape[0] == 1:
         call_serial(f.prefill, w._w, x2, y2, f.act_kind(rounded), F16_TO_F32, f.aux)
     else:

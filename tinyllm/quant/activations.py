@@ -11,20 +11,22 @@ loop is an integer dot product per block:
     F16 / BF16                   F16 / BF16    x rounded to half / bfloat16
     F32                          F32           unchanged
 
-tinyllm does this where it pays -- one-token decode -- and nowhere else by default.
-The `numerics` of a call (Model(..., numerics=), linear(..., numerics=); the CLI's default
-comes from TINYLLM_ACTIVATIONS) chooses:
+tinyllm does the same by default.  The `numerics` of a call (Model(..., numerics=),
+linear(..., numerics=); the CLI's default comes from TINYLLM_ACTIVATIONS) chooses:
 
-  decode (default)  x rounded as llama.cpp does for a one-token matvec over Q8_0,
-                    Q4_0, Q4_1, Q5_0, Q4_K and Q6_K weights (their matvec_int8: an int8 dot
-                    product, 2-3x faster than multiplying in float: decode is a race
-                    against memory bandwidth and this is what keeps up with it); x as it
-                    is (float32) everywhere else, prefill and perplexity included.
+  llama (default)   x rounded everywhere, as llama.cpp does.  Over Q8_0, Q4_0, Q4_1,
+                    Q5_0, Q4_K and Q6_K weights the products are int8 dot products, one
+                    token (matvec_int8: decode is a race against memory bandwidth, and
+                    int8 is 2-3x faster than float there) or many (prefill_int8: the
+                    prompt, perplexity); the other formats multiply the rounded x in float.
+  decode            x rounded only in one-token steps over those six formats (their
+                    matvec_int8); x as it is (float32) everywhere else, prefill and
+                    perplexity included.  (The default before int8 prefill.)
   exact             x as it is everywhere: exactly the product llama.cpp would compute on
                     an F32 copy of the same weights.
-  llama             x rounded everywhere, as llama.cpp does.
 
-Why exact in prefill (measured on SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M, see
+Why the tests that compare with llama.cpp's F32 copy keep the prompt exact ("decode" or
+"exact"; measured on SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M, see
 tests/test_agreement.py and scripts/make_fixtures.py):
   * rounding x to 8 bits is a chaotic perturbation on these small models: a 1e-7
     change in one dot product flips int8 roundings that grow layer by layer, so
@@ -36,11 +38,12 @@ tests/test_agreement.py and scripts/make_fixtures.py):
     and over a whole text its perplexity is within 0.5 % of llama.cpp's on the
     quantized file (0.2-0.4 % lower: the rounding only adds noise; on a few windows
     the window-to-window noise of the rounding reaches 0.6 %);
-  * a prefill multiplies each weight by many tokens, so the float kernels' speed
-    there does not hinge on the rounding the way decode's does.
-So prompts and perplexities are tested against llama.cpp to ~1e-6, and decode is
-tested token for token against llama.cpp's greedy continuations, and kernel by kernel
-against the numpy functions below.
+  * the default ("llama") is then tested against llama.cpp on the quantized file, the
+    way llama.cpp itself varies: greedy continuations token for token up to a close
+    step, perplexity within 0.5 %.
+So prompts and perplexities are tested against llama.cpp's F32 copy to ~1e-6 (exact),
+the default against llama.cpp on the quantized file, and every int8 kernel against the
+numpy functions below.
 
 When rounding, the quantized x is kept unpacked, as float32 arrays of small
 integers (exact), so kernels can multiply without converting them again for

@@ -117,11 +117,14 @@ class QuantFormat:
     The kernels (numba; None where the format has none, or without numba):
       prefill(w, x (T, n), y (T, R), act_kind, lut, aux)   any T
       matvec_int8(w, x (n,), y (R,), lut)   x rounded to 8 bits, int8 dot products (decode)
+      prefill_int8(w, x (T, n), y (T, R), lut)   the same for T tokens (numerics "llama":
+                                            rows.prefill_rows_int8)
       matvec_float(w, x (n,), y (R,), lut)  x as it is (decode with numerics="exact"; F32)
     """
 
     def __init__(self, name, act, dequantize_blocks, linear_np, unpack_row=None, mins=None,
-                 aux=None, weight_view=None, prefill=None, matvec_int8=None, matvec_float=None):
+                 aux=None, weight_view=None, prefill=None, matvec_int8=None, matvec_float=None,
+                 prefill_int8=None):
         self.name, self.ggml_type = name, int(GGMLQuantizationType[name])
         self.block_size, self.type_size = GGML_QUANT_SIZES[GGMLQuantizationType[name]]
         self.act = act
@@ -132,6 +135,7 @@ class QuantFormat:
         self.int8_decode = matvec_int8 is not None     # decode rounds x (numerics "decode")
         self.prefill = prefill if HAVE_NUMBA else None
         self.matvec_int8 = matvec_int8 if HAVE_NUMBA else None
+        self.prefill_int8 = prefill_int8 if HAVE_NUMBA else None
         self.matvec_float = matvec_float if HAVE_NUMBA else None
         # Some kernels want the bytes under another dtype (F16: uint16 rows); a view, no copy.
         self.weight_view = weight_view or (lambda raw: raw)
@@ -145,7 +149,7 @@ class QuantFormat:
 
     def matvecs(self, numerics: str):
         """(int8, plain): the one-row kernels a decode step under `numerics` takes, or None.
-          int8   x rounded to 8 bits (numerics "decode" and "llama")
+          int8   x rounded to 8 bits (numerics "llama" and "decode")
           plain  x as it is (numerics "exact"; F32 always)
         Other single rows take the prefill kernel: one compiled kernel less in memory."""
         int8 = self.matvec_int8 if numerics != "exact" else None
@@ -155,7 +159,9 @@ class QuantFormat:
     def kernels(self, numerics: str) -> dict:
         """The kernels a model in this format runs under `numerics`, by role."""
         int8, plain = self.matvecs(numerics)
-        roles = {"prefill": self.prefill, "int8 decode": int8, "float decode": plain}
+        int8_prefill = self.prefill_int8 if numerics == "llama" else None
+        roles = {"prefill": self.prefill if int8_prefill is None else None,
+                 "int8 prefill": int8_prefill, "int8 decode": int8, "float decode": plain}
         return {role: k for role, k in roles.items() if k is not None}
 
     def warmup(self, numerics: str, only=None):
@@ -169,6 +175,8 @@ class QuantFormat:
             if k is self.prefill:
                 k(w, np.zeros((1, n_cols), np.float32), np.zeros((1, 2), np.float32),
                   self.act_kind(numerics == "llama"), F16_TO_F32, self.aux)
+            elif k is self.prefill_int8:
+                k(w, np.zeros((2, n_cols), np.float32), np.zeros((2, 2), np.float32), F16_TO_F32)
             else:
                 k(w, np.zeros(n_cols, np.float32), np.zeros(2, np.float32), F16_TO_F32)
 

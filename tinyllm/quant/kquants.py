@@ -30,7 +30,7 @@ from ..ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import QK_K, linear_q8_K_act, x_q8_K
 from .common import QuantFormat, f16_at, f16_field, hi, lo, row_chunks
-from .rows import matvec_rows, prefill_rows, x_with_sums
+from .rows import ACT_Q8_K, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
 if HAVE_NUMBA:
     from .simd import (add, dot_scaled, fma, hsum, int8x8, lane, load_i32x8, mul, nibbles_hi,
@@ -254,6 +254,42 @@ def unpack_row_q6_K(row, wf, gm, lut, aux):
                     wf[x0 + 96 + l] = d4 * np.float32(((b >> 4) | ((c >> 2) & 48)) - 32)
 
 
+# ---- int8 prefill: one row -> its codes and sub-block scales (rows.prefill_rows_int8) -----------
+@njit(inline="never")
+def codes_q4_K(row, codes, S, M, lut):
+    """codes q (0..15), S = d sc_j and M = -dmin m_j per sub-block of 32."""
+    for B in range(S.shape[0] // 8):
+        o = B * 144
+        d, dmin = f16_at(row, o, lut), f16_at(row, o + 2, lut)
+        for j in range(8):
+            sc, m = scale_min_at(row, o + 4, j)
+            S[8 * B + j] = d * np.float32(sc)
+            M[8 * B + j] = -(dmin * np.float32(m))
+        for p in range(4):                          # sub-blocks 2p (low nibbles), 2p+1 (high)
+            for k in range(32):
+                v = row[o + 16 + 32 * p + k]
+                codes[256 * B + 64 * p + k] = lo(v)
+                codes[256 * B + 64 * p + 32 + k] = hi(v)
+
+
+@njit(inline="never")
+def codes_q6_K(row, codes, S, M, lut):
+    """codes q (0..63; the weight is q - 32), S = d sc_j per sub-block of 16."""
+    for B in range(S.shape[0] // 16):
+        o = B * 210
+        d = f16_at(row, o + 208, lut)
+        for j in range(16):
+            S[16 * B + j] = d * np.float32(np.int8(row[o + 192 + j]))
+        for h in range(2):                          # two halves of 128 weights
+            ql, qh, x0 = o + 64 * h, o + 128 + 32 * h, 256 * B + 128 * h
+            for l in range(32):
+                a, b, c = row[ql + l], row[ql + 32 + l], row[qh + l]
+                codes[x0 + l] = lo(a) | np.uint8((c & 3) << 4)
+                codes[x0 + 32 + l] = lo(b) | np.uint8((c & 12) << 2)
+                codes[x0 + 64 + l] = hi(a) | np.uint8(c & 48)
+                codes[x0 + 96 + l] = hi(b) | np.uint8((c >> 2) & 48)
+
+
 # ---- decode with int8 x: four rows' dot products (rows.matvec_rows) -----------------------------
 # Q8_K x: one float d_x per 256, and the sums of q_x per sub-block (bs32 for Q4_K's 32,
 # bs16 for Q6_K's 16).  A sub-block's dot q_j . q_x lands in 8 int32 lanes (simd.dot_scaled
@@ -419,6 +455,16 @@ def x_q6_K(x):
     return x_q8_K(x, 16)
 
 
+@njit
+def xT_q4_K(x):
+    return x_blocks(x, ACT_Q8_K, 32, 0)
+
+
+@njit
+def xT_q6_K(x):
+    return x_blocks(x, ACT_Q8_K, 16, 32)
+
+
 @njit(parallel=True)
 def prefill_q2_K(w, x, y, act, lut, aux):
     prefill_rows(unpack_row_q2_K, w, x, y, act, lut, aux)
@@ -450,6 +496,11 @@ def matvec_int8_q4_K(w, x, y, lut):
 
 
 @njit(parallel=True)
+def prefill_int8_q4_K(w, x, y, lut):
+    prefill_rows_int8(codes_q4_K, xT_q4_K, w, x, y, lut)
+
+
+@njit(parallel=True)
 def matvec_float_q4_K(w, x, y, lut):
     matvec_rows(dot4_float_q4_K, x_with_sums, w, x, y, lut)
 
@@ -460,20 +511,28 @@ def matvec_int8_q6_K(w, x, y, lut):
 
 
 @njit(parallel=True)
+def prefill_int8_q6_K(w, x, y, lut):
+    prefill_rows_int8(codes_q6_K, xT_q6_K, w, x, y, lut)
+
+
+@njit(parallel=True)
 def matvec_float_q6_K(w, x, y, lut):
     matvec_rows(dot4_float_q6_K, x_with_sums, w, x, y, lut)
 
 
-def _format(name, unpack, unpack_row, prefill, matvec_int8=None, matvec_float=None):
+def _format(name, unpack, unpack_row, prefill, int8=(None, None), matvec_float=None):
     size = GGML_QUANT_SIZES[GGMLQuantizationType[name]][1]
     return QuantFormat(name, "q8_K", _dequantizer(unpack), _linear(unpack, size), unpack_row,
-                       prefill=prefill, matvec_int8=matvec_int8, matvec_float=matvec_float)
+                       prefill=prefill, matvec_int8=int8[0], prefill_int8=int8[1],
+                       matvec_float=matvec_float)
 
 
 FORMATS = [
     _format("Q2_K", unpack_q2_K, unpack_row_q2_K, prefill_q2_K),
     _format("Q3_K", unpack_q3_K, unpack_row_q3_K, prefill_q3_K),
-    _format("Q4_K", unpack_q4_K, unpack_row_q4_K, prefill_q4_K, matvec_int8_q4_K, matvec_float_q4_K),
+    _format("Q4_K", unpack_q4_K, unpack_row_q4_K, prefill_q4_K, (matvec_int8_q4_K, prefill_int8_q4_K),
+            matvec_float_q4_K),
     _format("Q5_K", unpack_q5_K, unpack_row_q5_K, prefill_q5_K),
-    _format("Q6_K", unpack_q6_K, unpack_row_q6_K, prefill_q6_K, matvec_int8_q6_K, matvec_float_q6_K),
+    _format("Q6_K", unpack_q6_K, unpack_row_q6_K, prefill_q6_K, (matvec_int8_q6_K, prefill_int8_q6_K),
+            matvec_float_q6_K),
 ]

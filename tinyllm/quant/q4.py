@@ -17,7 +17,7 @@ from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import linear_q8_0_act, linear_q8_1_act, x_q8_0_biased, x_q8_1
 from .common import (QuantFormat, f16_at, f16_bytes, f16_field, hi, inverse, lo, nibbles, pack_nibbles,
                      row_chunks, signed_absmax)
-from .rows import matvec_rows, prefill_rows, x_with_sums
+from .rows import ACT_Q8_0, ACT_Q8_1, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
 if HAVE_NUMBA:
     from .simd import (dot, dot_acc, f16_splat, fma, fmul, hsum, load_i32x8, nibbles16, prefetch,
@@ -110,6 +110,24 @@ def unpack_row_q4_1(row, wf, gm, lut, aux):
             v = np.int32(row[o + 4 + k])
             wf[x0 + k] = np.float32(np.int32(v & 15)) * d
             wf[x0 + half + k] = np.float32(np.int32(v >> 4)) * d
+
+
+# ---- int8 prefill: one row -> its codes and block scales (rows.prefill_rows_int8) ---------------
+@njit(inline="never")
+def codes_q4(row, codes, S, M, lut):
+    """Q4_0 and Q4_1 (M has room for the offsets m): codes q, S = d per block."""
+    nb = S.shape[0]
+    size = row.shape[0] // nb                       # 18 or 20
+    head = size - 16
+    for b in range(nb):
+        o = b * size
+        S[b] = f16_at(row, o, lut)
+        if M.shape[0]:
+            M[b] = f16_at(row, o + 2, lut)
+        for k in range(16):
+            v = row[o + head + k]
+            codes[32 * b + k] = lo(v)
+            codes[32 * b + 16 + k] = hi(v)
 
 
 # ---- decode with int8 x: four rows' dot products (rows.matvec_rows) -----------------------------
@@ -226,6 +244,16 @@ def x_q4_0(x):
     return x_q8_0_biased(x, 8)
 
 
+@njit
+def xT_q4_0(x):
+    return x_blocks(x, ACT_Q8_0, 32, 8)
+
+
+@njit
+def xT_q4_1(x):
+    return x_blocks(x, ACT_Q8_1, 32, 0)
+
+
 @njit(parallel=True)
 def prefill_q4_0(w, x, y, act, lut, aux):
     prefill_rows(unpack_row_q4_0, w, x, y, act, lut, aux)
@@ -234,6 +262,11 @@ def prefill_q4_0(w, x, y, act, lut, aux):
 @njit(parallel=True)
 def matvec_int8_q4_0(w, x, y, lut):
     matvec_rows(dot4_int8_q4_0, x_q4_0, w, x, y, lut)
+
+
+@njit(parallel=True)
+def prefill_int8_q4_0(w, x, y, lut):
+    prefill_rows_int8(codes_q4, xT_q4_0, w, x, y, lut)
 
 
 @njit(parallel=True)
@@ -252,13 +285,20 @@ def matvec_int8_q4_1(w, x, y, lut):
 
 
 @njit(parallel=True)
+def prefill_int8_q4_1(w, x, y, lut):
+    prefill_rows_int8(codes_q4, xT_q4_1, w, x, y, lut)
+
+
+@njit(parallel=True)
 def matvec_float_q4_1(w, x, y, lut):
     matvec_rows(dot4_float_q4_1, x_with_sums, w, x, y, lut)
 
 
 FORMATS = [
     QuantFormat("Q4_0", "q8_0", dequantize_q4_0, linear_q4_0, unpack_row_q4_0, prefill=prefill_q4_0,
-                matvec_int8=matvec_int8_q4_0, matvec_float=matvec_float_q4_0),
+                matvec_int8=matvec_int8_q4_0, matvec_float=matvec_float_q4_0,
+                prefill_int8=prefill_int8_q4_0),
     QuantFormat("Q4_1", "q8_1", dequantize_q4_1, linear_q4_1, unpack_row_q4_1, mins="q8_1",
-                prefill=prefill_q4_1, matvec_int8=matvec_int8_q4_1, matvec_float=matvec_float_q4_1),
+                prefill=prefill_q4_1, matvec_int8=matvec_int8_q4_1, matvec_float=matvec_float_q4_1,
+                prefill_int8=prefill_int8_q4_1),
 ]

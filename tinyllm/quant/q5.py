@@ -15,7 +15,7 @@ from ..jit import FASTMATH, njit
 from .activations import linear_q8_0_act, linear_q8_1_act, x_q8_0_biased
 from .common import QuantFormat, f16_at, f16_field, hi, lo, nibbles, row_chunks, u32_field
 from .q4 import dot4_int8_biased
-from .rows import matvec_rows, prefill_rows, x_with_sums
+from .rows import ACT_Q8_0, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
 BLOCK = 32
 SIZE_Q5_0, SIZE_Q5_1 = 22, 24
@@ -98,6 +98,20 @@ def unpack_row_q5_1(row, wf, gm, lut, aux):
         unpack_q5_block(row, o + 4, f16_at(row, o, lut), wf, b * 2 * half, half, 0)
 
 
+# ---- int8 prefill: one row -> its codes and block scales (rows.prefill_rows_int8) ---------------
+@njit(inline="never")
+def codes_q5_0(row, codes, S, M, lut):
+    """codes q (0..31, stored q - 16 is the weight), S = d per block."""
+    for b in range(S.shape[0]):
+        o = b * SIZE_Q5_0
+        S[b] = f16_at(row, o, lut)
+        qh = qh_u32(row, o + 2)
+        for k in range(16):
+            v = row[o + 6 + k]
+            codes[32 * b + k] = q5(lo(v), qh, k)
+            codes[32 * b + 16 + k] = q5(hi(v), qh, k + 16)
+
+
 # ---- decode: four rows' dot products (rows.matvec_rows) -----------------------------------------
 @njit(fastmath=FASTMATH, inline="never")
 def dot4_int8_q5_0(w0, w1, w2, w3, xr, lut):
@@ -151,6 +165,11 @@ def x_q5_0(x):
     return x_q8_0_biased(x, 16)
 
 
+@njit
+def xT_q5_0(x):
+    return x_blocks(x, ACT_Q8_0, 32, 16)
+
+
 @njit(parallel=True)
 def prefill_q5_0(w, x, y, act, lut, aux):
     prefill_rows(unpack_row_q5_0, w, x, y, act, lut, aux)
@@ -159,6 +178,11 @@ def prefill_q5_0(w, x, y, act, lut, aux):
 @njit(parallel=True)
 def matvec_int8_q5_0(w, x, y, lut):
     matvec_rows(dot4_int8_q5_0, x_q5_0, w, x, y, lut)
+
+
+@njit(parallel=True)
+def prefill_int8_q5_0(w, x, y, lut):
+    prefill_rows_int8(codes_q5_0, xT_q5_0, w, x, y, lut)
 
 
 @njit(parallel=True)
@@ -173,7 +197,8 @@ def prefill_q5_1(w, x, y, act, lut, aux):
 
 FORMATS = [
     QuantFormat("Q5_0", "q8_0", dequantize_q5_0, linear_q5_0, unpack_row_q5_0, prefill=prefill_q5_0,
-                matvec_int8=matvec_int8_q5_0, matvec_float=matvec_float_q5_0),
+                matvec_int8=matvec_int8_q5_0, matvec_float=matvec_float_q5_0,
+                prefill_int8=prefill_int8_q5_0),
     QuantFormat("Q5_1", "q8_1", dequantize_q5_1, linear_q5_1, unpack_row_q5_1, mins="q8_1",
                 prefill=prefill_q5_1),
 ]

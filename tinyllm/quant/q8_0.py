@@ -13,7 +13,7 @@ import numpy as np
 from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import linear_q8_0_act, round_away_np, x_q8_0
 from .common import QuantFormat, f16_at, f16_bytes, f16_field, inverse, row_chunks
-from .rows import matvec_rows, prefill_rows, x_with_sums
+from .rows import matvec_rows, prefill_rows, prefill_rows_dot4, x_with_sums
 
 if HAVE_NUMBA:
     from .simd import bytes32, dot_signed, fma, hsum, zeros_f32x8
@@ -110,9 +110,14 @@ def matvec_int8(w, x, y, lut):
 
 
 @njit(parallel=True)
+def prefill_int8(w, x, y, lut):
+    prefill_rows_dot4(dot4_int8, x_q8_0, w, x, y, lut)
+
+
+@njit(parallel=True)
 def matvec_float(w, x, y, lut):
     matvec_rows(dot4_float, x_with_sums, w, x, y, lut)
 
 
 FORMATS = [QuantFormat("Q8_0", "q8_0", dequantize_blocks, linear_np, unpack_row, prefill=prefill,
-                       matvec_int8=matvec_int8, matvec_float=matvec_float)]
+                       matvec_int8=matvec_int8, matvec_float=matvec_float, prefill_int8=prefill_int8)]

@@ -7,7 +7,10 @@ signature, so it is cached on disk and compiled only for the formats a model hol
     decode  (one token):  matvec_rows(dot4, prepare, ...)   x prepared once, then four
                           weight rows at a time dotted straight from the file's bytes
     prefill (T tokens):   prefill_rows(unpack_row, ...)     TILE rows unpacked to float32
-                          in L1, then dotted with every token
+                          in L1, then dotted with every token (x as it is)
+    int8 prefill:         prefill_rows_int8(unpack_codes, prepare, ...)   8 rows' codes
+                          unpacked once, interleaved, then int8 dot products with every
+                          token's rounded x (Q8_0: prefill_rows_dot4, the decode dot4 per token)
 
 Read `matvec_q8_0_reference` first: it is the whole of int8 decode in plain Python, for
 the simplest format.  The kernels compute the same sum, only faster.
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import FASTMATH, njit, prange
+from ..jit import FASTMATH, HAVE_NUMBA, njit, prange
 from .activations import QK, QK_K, quantize_q8_0, quantize_q8_1, quantize_q8_K, round_away_np
+
+if HAVE_NUMBA:
+    from .simd import dot_acc_x4, fma, fmadd, fmul, load_f32x8, splat, splat_i32, store_f32x8, zeros_f32x8
 
 
 # ---- int8 decode, the plain way (llama2.c's runq.c matmul, over a GGUF Q8_0 matrix) -----------
@@ -202,3 +208,175 @@ def prefill_rows(unpack_row, w, x, y, act, lut, aux):
                 unpack_row(w[min(r + i, n_rows - 1)], wf[i], gm[i], lut, aux)
             for t in range(x.shape[0]):
                 dot_tile(wf, gm, xa[t], xs[t], y[t], r)
+
+
+# ---- int8 prefill: the codes of 8 rows unpacked once, dotted with every token in int8 ------------
+# Every token's x is rounded once (Q8_0 / Q8_1 / Q8_K, as in decode), and each format
+# reads its weights as unsigned codes q (< 128) in blocks of BK (32, or Q6_K's 16) with a
+# float scale s_w per block, a bias c (the codes are stored q + c: Q4_0 8, Q5_0 16,
+# Q6_K 32) and for Q4_1/Q4_K a float offset per block m_w.  Then
+#
+#     y[t, r] = sum_b  s_w[r, b] d_x[t, b] (sum_k q_w[r, b, k] q_x[t, b, k]  -  c sum_k q_x[t, b, k])
+#             + sum_b  m_w[r, b] s_x[t, b]
+#
+# (s_x: Q8_1's f16 d_x sum q_x, or Q4_K's d_x times the sub-block's sum of q_x).  The bias
+# term is the same integer for every row, so it starts the integer sum; all of it is
+# integer arithmetic up to one scaling per block.
+#
+# The layout is the one llama.cpp repacks its weights into on x86: 8 rows interleaved
+# 4 bytes at a time, P[32 k + 4 i + j] = q[row i, 4 k + j].  One 32-byte load of P then
+# holds 4 codes of each of the 8 rows, and one multiply-add against 4 bytes of x
+# broadcast to all lanes (simd.dot_acc_x4: vpdpbusd, sdot) leaves row i's partial dot in
+# lane i: the 8 lanes are the 8 rows, so a block's scaling is one vector multiply-add for
+# all of them, and no lane sums are needed at the end.  The 8 rows are unpacked once into
+# P and serve all T tokens, two at a time (each load of P feeds two multiply-adds).  (Q8_0's codes are signed, which the u8 x s8 instructions cannot take
+# without tricks; it runs the decode dot4 per token instead: prefill_rows_dot4.)
+# On wide rows (ffn_down: 8960 columns) the 8 rows' codes (72 KiB) leave L1 and all
+# tokens' x (1.1 MiB at T = 128) leave L2, so the columns go a PANEL at a time: the
+# panel's codes (16 KiB) stay in L1 and the tokens' x for it (256 KiB) in L2, and each
+# panel's sums are added into y.
+ROWS8 = 8
+PANEL = 2048      # columns
+
+
+@njit(inline="always")
+def _unpack8(unpack_codes, w, r, codes, P, S8, M8, S, M, lut):
+    """rows r..r+7 (the last row repeated past the end) -> P, S8 (nb * 8), M8."""
+    n_rows, n = w.shape[0], codes.shape[0]
+    nb = S.shape[0]
+    c4, P4 = codes.view(np.uint32), P.view(np.uint32)      # 4 codes at a time
+    for i in range(ROWS8):
+        unpack_codes(w[min(r + i, n_rows - 1)], codes, S, M, lut)
+        for k in range(n // 4):
+            P4[8 * k + i] = c4[k]
+        for b in range(nb):
+            S8[8 * b + i] = S[b]
+        for b in range(M.shape[0]):
+            M8[8 * b + i] = M[b]
+
+
+@njit(fastmath=FASTMATH, inline="never")
+def _dot8x2(P, S8, M8, xq, xd, xc, xs, t, t1, y, r, tmp, b0, b1):
+    """y[t, r:r+8] and y[t1, r:r+8] (t1 may equal t) += the 8 interleaved rows against two
+    tokens, over blocks b0..b1-1 (b0 == 0: y = rather than +=)."""
+    nb, n = xd.shape[1], xq.shape[1]
+    per = n // nb // 4                     # 4-byte steps per block (8, or 4 for BK = 16)
+    o0, o1 = t * n, t1 * n                 # tokens t, t1 of xq, as flat offsets
+    a0, a1 = zeros_f32x8(), zeros_f32x8()
+    for b in range(b0, b1):
+        i0, i1 = splat_i32(xc[t, b]), splat_i32(xc[t1, b])
+        for k in range(b * per, b * per + per):
+            i0 = dot_acc_x4(i0, P, 32 * k, xq, o0 + 4 * k)
+            i1 = dot_acc_x4(i1, P, 32 * k, xq, o1 + 4 * k)
+        s = load_f32x8(S8, 8 * b)
+        a0 = fma(a0, i0, fmul(s, splat(xd[t, b])))
+        a1 = fma(a1, i1, fmul(s, splat(xd[t1, b])))
+    mb = xs.shape[1] // nb                 # offsets per block: 0 or 1 (nm == nb)
+    for b in range(b0 * mb, b1 * mb):
+        m = load_f32x8(M8, 8 * b)
+        a0 = fmadd(a0, m, splat(xs[t, b]))
+        a1 = fmadd(a1, m, splat(xs[t1, b]))
+    n = min(ROWS8, y.shape[1] - r)
+    store_f32x8(tmp, 0, a0)
+    store_f32x8(tmp, 8, a1)
+    if b0 == 0:
+        for i in range(n):
+            y[t, r + i] = tmp[i]
+            y[t1, r + i] = tmp[8 + i]
+    else:
+        for i in range(n):
+            y[t, r + i] += tmp[i]
+            y[t1, r + i] += tmp[8 + i]
+
+
+@njit(inline="always")
+def prefill_rows_int8(unpack_codes, prepare, w, x, y, lut):
+    """y (T, R) = x (T, n) @ W^T with int8 dot products.  prepare(x) -> (xq (T, n) int8,
+    xd (T, nb) the x scale per block, xc (T, nb) int32 -c sum q_x, xs (T, nm) the
+    offsets' x terms); unpack_codes(row, codes (n,) uint8, S (nb,), M (nm,), lut) one row's
+    codes, block scales and offsets.  Inlined into each format's kernel."""
+    xq, xd, xc, xs = prepare(x)
+    T, n = x.shape
+    nb, nm = xd.shape[1], xs.shape[1]
+    per_panel = max(1, PANEL * nb // n)    # blocks per panel
+    n_groups = (w.shape[0] + ROWS8 - 1) // ROWS8
+    nc = min(n_groups, MAX_CHUNKS)
+    for c in prange(nc):
+        codes = np.empty(n, np.uint8)
+        P = np.empty(8 * n, np.uint8)
+        S, M = np.empty(nb, np.float32), np.empty(nm, np.float32)
+        S8, M8 = np.empty(8 * nb, np.float32), np.empty(8 * nm, np.float32)
+        tmp = np.empty(16, np.float32)
+        for g in range(c * n_groups // nc, (c + 1) * n_groups // nc):
+            _unpack8(unpack_codes, w, ROWS8 * g, codes, P, S8, M8, S, M, lut)
+            for b0 in range(0, nb, per_panel):     # a panel of columns at a time (see above)
+                b1 = min(nb, b0 + per_panel)
+                for t in range(0, T, 2):
+                    _dot8x2(P, S8, M8, xq, xd, xc, xs, t, min(t + 1, T - 1), y, ROWS8 * g, tmp, b0, b1)
+
+
+@njit
+def x_blocks(x, kind, bk, c):
+    """x (T, n) rounded for prefill_rows_int8: (xq, xd, xc, xs) with blocks of bk, codes
+    biased by c; kind ACT_Q8_0 (no xs), ACT_Q8_1 (xs = its f16 s per 32) or ACT_Q8_K (xs =
+    d_x times the sums of q_x per 32 when c == 0, the Q4_K mins; else none)."""
+    T, n = x.shape
+    nb = n // bk
+    xq = np.empty((T, n), np.int8)
+    xd = np.empty((T, nb), np.float32)
+    xc = np.empty((T, nb), np.int32)
+    mins = kind == ACT_Q8_1 or (kind == ACT_Q8_K and c == 0)
+    xs = np.empty((T, n // QK if mins else 0), np.float32)
+    d32 = np.empty(n // QK, np.float32)
+    dK = np.empty(n // QK_K, np.float32)
+    bs16 = np.empty(n // 16, np.float32)
+    for t in range(T):
+        if kind == ACT_Q8_0:
+            quantize_q8_0(x[t], xq[t], d32)
+        elif kind == ACT_Q8_1:
+            quantize_q8_1(x[t], xq[t], d32, xs[t])
+        else:
+            quantize_q8_K(x[t], xq[t], dK, bs16)
+        for b in range(nb):
+            total = 0
+            for k in range(b * bk, b * bk + bk):
+                total += np.int32(xq[t, k])
+            xc[t, b] = -c * total
+            xd[t, b] = dK[b * bk // QK_K] if kind == ACT_Q8_K else d32[b * bk // QK]
+        if kind == ACT_Q8_K and mins:
+            for j in range(n // QK):
+                xs[t, j] = dK[j * QK // QK_K] * (bs16[2 * j] + bs16[2 * j + 1])
+    return xq, xd, xc, xs
+
+
+# ---- int8 prefill for Q8_0: the decode dot4, four rows in L1, every token -----------------------
+TOKENS = 64       # tokens per slice: 64 x n bytes of int8 x stay in L2 (576 KiB at n = 8960)
+
+
+@njit(inline="always")
+def prefill_rows_dot4(dot4, prepare, w, x, y, lut):
+    """y (T, R) = x (T, n) @ W^T: the decode kernel's dot4 (four rows, as matvec_rows)
+    called for every token while its four rows sit in L1; tokens go TOKENS at a time so
+    that their int8 x stays in L2.  Inlined into each format's kernel."""
+    T, n_rows = x.shape[0], w.shape[0]
+    xr = [prepare(x[0])]                           # each token's rounded x: a list of tuples
+    for t in range(1, T):
+        xr.append(prepare(x[t]))
+    n_groups = (n_rows + 3) // 4
+    nc = min(n_groups, MAX_CHUNKS)
+    last = n_rows - 1
+    for c in prange(nc):
+        for t0 in range(0, T, TOKENS):
+            for g in range(c * n_groups // nc, (c + 1) * n_groups // nc):
+                r = 4 * g                          # past the last row: repeat it, drop the result
+                w0, w1, w2, w3 = w[r], w[min(r + 1, last)], w[min(r + 2, last)], w[min(r + 3, last)]
+                m = min(4, n_rows - r)
+                for t in range(t0, min(T, t0 + TOKENS)):
+                    a0, a1, a2, a3 = dot4(w0, w1, w2, w3, xr[t], lut)
+                    y[t, r] = a0
+                    if m > 1:
+                        y[t, r + 1] = a1
+                    if m > 2:
+                        y[t, r + 2] = a2
+                    if m > 3:
+                        y[t, r + 3] = a3

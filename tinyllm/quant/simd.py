@@ -252,6 +252,23 @@ if jit.HAVE_NUMBA:
         return i32x8(acc, codes, xq, types.intp), codegen
 
     @intrinsic
+    def dot_acc_x4(typingctx, acc, p, o, xq, xo):
+        """acc + p[o : o+32] . (xq[xo : xo+4] in every lane): lane i is the dot of the 4
+        unsigned codes p[o+4i : o+4i+4] with the same 4 int8 activations.  The int8
+        prefill's inner step, over 8 rows interleaved 4 bytes at a time (rows.py)."""
+        def codegen(context, builder, sig, args):
+            w = _load(context, builder, sig.args[1], args[1], args[2], u8x32.lltype)
+            x4 = _load(context, builder, sig.args[3], args[3], args[4], I32)
+            x = builder.bitcast(_splat(builder, x4, 8), u8x32.lltype)
+            if X86_VNNI:
+                return _call(builder, "llvm.x86.avx512.vpdpbusd.256", i32x8.lltype,
+                             [args[0], builder.bitcast(w, i32x8.lltype), builder.bitcast(x, i32x8.lltype)])
+            if ARM_DOTPROD:
+                return _sdot(builder, args[0], w, x)
+            return builder.add(args[0], _dot_u8_s8(builder, w, x))
+        return i32x8(acc, p, types.intp, xq, types.intp), codegen
+
+    @intrinsic
     def dot_scaled(typingctx, acc, codes, xq, xo, s):
         """acc + (codes . xq[xo : xo+32]) * s, lane by lane (s: i32x8 of sub-block scales,
         |s| < 2^15).  On x86 the scale rides in the second multiply-add for free:
@@ -360,6 +377,36 @@ if jit.HAVE_NUMBA:
         def codegen(context, builder, sig, args):
             return _load(context, builder, sig.args[0], args[0], args[1], i32x8.lltype)
         return i32x8(a, types.intp), codegen
+
+    @intrinsic
+    def splat_i32(typingctx, v):
+        """the integer v in all 8 int32 lanes"""
+        def codegen(context, builder, sig, args):
+            return _splat(builder, builder.trunc(args[0], I32) if args[0].type != I32 else args[0], 8)
+        return i32x8(v), codegen
+
+    @intrinsic
+    def load_f32x8(typingctx, a, k):
+        """a[k : k+8] of a float32 array"""
+        def codegen(context, builder, sig, args):
+            return _load(context, builder, sig.args[0], args[0], args[1], f32x8.lltype)
+        return f32x8(a, types.intp), codegen
+
+    @intrinsic
+    def store_f32x8(typingctx, a, k, v):
+        """a[k : k+8] = v (a float32 array)"""
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            builder.store(args[2], builder.bitcast(builder.gep(data, [args[1]]), f32x8.lltype.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.none(a, types.intp, v), codegen
+
+    @intrinsic
+    def fmadd(typingctx, acc, a, b):
+        """acc + a * b, lane by lane (floats)"""
+        def codegen(context, builder, sig, args):
+            return builder.fadd(args[0], builder.fmul(args[1], args[2], flags=("contract",)), flags=("contract",))
+        return f32x8(f32x8, f32x8, f32x8), codegen
 
     @intrinsic
     def int8x8(typingctx, w, o):
