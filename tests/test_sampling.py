@@ -76,12 +76,40 @@ def test_chat_banner_shows_the_values_and_their_source(tmp_path):
 
 
 def test_smollm2_answers_paris_with_its_defaults(smollm2_path):
-    """With llama.cpp's defaults (temperature 0.8) SmolLM2-135M answers this in French on
-    most seeds; the registry's defaults (see registry.json) must answer it on every seed."""
-    question = "What is the capital of France?"
+    """With llama.cpp's defaults (temperature 0.8) SmolLM2-135M answers this wrongly on 2
+    of the seeds 1 to 10; the registry's defaults (see registry.json) must answer it on every seed.
+    (The bare "What is the capital of France?" no sampler can settle: its top two first
+    tokens, "The" and "L", are 0.03-0.09 logits apart, less than what 8-bit activations
+    move them, and llama.cpp's greedy answer on this file is "L'Etoile, la Cite, ...".)"""
+    question = "What is the capital of France? Answer in one sentence."
     script = "".join(f"/set seed {s}\n{question}\n/reset\n" for s in (1, 2, 3, 4, 5))
     r = run_cli("chat", "smollm2-135m", "-n", "24", input=script)
     assert r.returncode == 0, r.stderr[-2000:]
     assert re.search(r"sampling: temp 0 top_p 0\.9 \(registry\)", r.stderr), r.stderr[:2000]
     replies = r.stdout.splitlines()
     assert len(replies) == 5 and all("Paris" in reply for reply in replies), replies
+
+
+def test_the_same_request_twice_gives_the_same_reply(smollm2_path):
+    """A seeded request repeated on a warm cache must reproduce the first reply.  The
+    second time the prompt is all cached, and with 8-bit activations (the default
+    numerics) the batched and one-token paths give logits ~0.5 apart on this model:
+    Session.prefill must end every prompt on the same path."""
+    from tinyllm.generate import Session
+    from tinyllm.model import Model
+    from tinyllm.tokenizer import Tokenizer
+    model = Model(smollm2_path, n_ctx=256, numerics="llama")
+    tok = Tokenizer.from_gguf(model.gguf)
+    ids = tok.encode("Once upon a time, in a land far away, there lived")
+    session = Session(model, tok)
+    settings = dict(temperature=1.0, top_k=50, top_p=1.0, min_p=0.0)
+    first = session.prefill(ids).copy()
+    replies = []
+    for _ in range(3):
+        sampler = Sampler(SamplerSettings(seed=7, **settings))
+        replies.append("".join(session.generate(ids, sampler, n_predict=12)))
+        assert session.n_fed == 1                                  # the prompt came from the cache
+    np.testing.assert_array_equal(session.prefill(ids), first)   # bit for bit from the cache
+    assert replies[0] == replies[1] == replies[2] and len(replies[0]) > 10, replies
+    session.reset()                                                # a cold cache: the same again
+    assert "".join(session.generate(ids, Sampler(SamplerSettings(seed=7, **settings)), 12)) == replies[0]

@@ -145,15 +145,18 @@ def test_ollama_list_show_ps(server, client, smollm2_path):
     assert led["kv_used"] <= led["kv_allocated"] <= led["kv_full"] == 1024 * per_token
 
 
+FRANCE = "What is the capital of France? Answer in one sentence."   # test_sampling.py: why
+
+
 def test_ollama_generate_streaming_and_not(client):
     move_cache(client)
-    whole = client.generate(model=MODEL, prompt="What is the capital of France?", options=GREEDY)
+    whole = client.generate(model=MODEL, prompt=FRANCE, options=GREEDY)
     assert "Paris" in whole.response
     assert whole.done and whole.done_reason in ("stop", "length") and 0 < whole.eval_count <= 8
     assert whole.total_duration >= whole.prompt_eval_duration + whole.eval_duration > 0
     assert whole.context[-whole.eval_count:] and len(whole.context) == whole.prompt_eval_count + whole.eval_count
     move_cache(client)
-    parts = list(client.generate(model=MODEL, prompt="What is the capital of France?", options=GREEDY,
+    parts = list(client.generate(model=MODEL, prompt=FRANCE, options=GREEDY,
                                  stream=True))
     assert all(not p.done for p in parts[:-1]) and parts[-1].done
     assert "".join(p.response for p in parts) == whole.response

@@ -51,6 +51,8 @@ class Session:
         """Feed ids (the whole sequence so far). Reuses the common prefix already cached.
         Returns the logits after the last id."""
         n_ctx = self.model.n_ctx
+        if not ids:
+            raise TinyLLMError("the prompt has no tokens")
         if len(ids) > n_ctx:
             raise TinyLLMError(f"prompt is {len(ids)} tokens, longer than the context ({n_ctx}); "
                                f"use a shorter prompt or a larger --ctx")
@@ -66,11 +68,17 @@ class Session:
         n_common = self.model.cache.truncate(n_common)
         self.tokens = list(ids[:n_common])
         self.n_fed = len(ids) - n_common
-        logits = None
-        for start in range(n_common, len(ids), self.n_batch):
-            chunk = ids[start:start + self.n_batch]
-            logits = self.model.forward(chunk, start)
+        # The last id always goes through the one-token path, so that the logits a prompt
+        # ends with do not depend on how much of it was cached: with 8-bit activations the
+        # batched and one-token kernels round and sum differently (~0.5 logit apart on
+        # SmolLM2), and the same request with the same seed must give the same reply.
+        last = len(ids) - 1
+        for start in range(n_common, last, self.n_batch):
+            chunk = ids[start:min(start + self.n_batch, last)]
+            self.model.forward(chunk, start)
             self.tokens.extend(chunk)
+        logits = self.model.forward(ids[last:], last)
+        self.tokens.append(ids[last])
         return logits
 
     def generate(self, prompt_ids: list, sampler: Sampler, n_predict: int = 128,

@@ -202,6 +202,10 @@ def scratch_bytes(shape, n_batch: int, n_ctx: int, flash_attn: bool, all_logits:
         hb, hb2 [t, F]             FFN gate and up projections, t = min(T, FFN_TOKENS):
                                    the FFN runs on slices of the batch
         logits  [V] (last token only) or [T, V] with all_logits (perplexity)
+        xq      the input of one matmul rounded to 8 bits (numerics "llama", quant/rows.py):
+                a code a value plus, per block of 16 or 32, a scale and a code sum (float32,
+                int32) and for Q4_1/Q4_K a min: at most 1.5 bytes a value, for the widest
+                input, [T, max(E, H*Dv)] or the FFN's [t, F]
 
     Returns {name: bytes}.  The forward pass should allocate exactly these (once, at
     the largest batch it will run) so that the plan matches RssAnon.
@@ -221,7 +225,9 @@ def scratch_bytes(shape, n_batch: int, n_ctx: int, flash_attn: bool, all_logits:
         "hb": min(T, FFN_TOKENS) * F, "hb2": min(T, FFN_TOKENS) * F,
         "logits": V * (T if all_logits else 1),
     }
-    return {name: n * f32 for name, n in sizes.items()}
+    sizes = {name: n * f32 for name, n in sizes.items()}
+    sizes["xq"] = 3 * max(T * max(E, H * Dv), min(T, FFN_TOKENS) * F) // 2
+    return sizes
 
 
 # ---- measured ---------------------------------------------------------------------------
