@@ -2,6 +2,7 @@
 measured numbers from this very process."""
 
 import json
+import mmap
 import subprocess
 import sys
 from pathlib import Path
@@ -128,10 +129,15 @@ def test_measured_is_sane_in_this_process():
     assert m.rss > 10 * MiB and m.peak_rss >= m.rss
     assert m.rss_anon > 0 and m.rss_file > 0 and m.swap >= 0
     assert m.rss_anon + m.rss_file + m.rss_shmem == pytest.approx(m.rss, abs=1 * MiB)
-    block = np.ones(64 * MiB // 8)                      # 64 MiB of touched anonymous memory
+    # 64 MiB of touched private anonymous memory, mapped here rather than taken from malloc,
+    # which may hand out heap pages that are already resident (the CI run measured +8 KiB)
+    block = mmap.mmap(-1, 64 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    pages = np.frombuffer(block, np.uint8)
+    pages[::4096] = 1
     after = memory.measured()
     assert after.rss_anon - m.rss_anon > 60 * MiB
-    del block
+    del pages
+    block.close()
 
 
 def test_mapped_weights_show_up_as_file_backed(smollm2_path):
