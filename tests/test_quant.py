@@ -471,3 +471,53 @@ def test_warmup_announces_a_cold_cache_once(tmp_path):
     generic = subprocess.run([sys.executable, "-c", code], env=dict(env, TINYLLM_SIMD="generic"),
                              capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "LOG kernels: compiling Q8_0 int8 decode" in generic.stdout, generic.stderr
+
+
+def test_a_cold_start_shares_its_compiles_with_a_helper(tmp_path):
+    """helpers=1: a second process compiles part of the kernels into the same cache while
+    this one compiles the rest; every kernel is compiled exactly once, the helper's are then
+    loaded from the cache, and they compute what the in-process ones do."""
+    code = """
+import numpy as np
+from tinyllm.quant import QTensor, linear
+from tinyllm.startup import warm_kernels
+done = warm_kernels(["Q8_0"], progress=lambda s: print("LOG", s), helpers=1)
+print("COMPILED", sorted(done))
+rng = np.random.default_rng(0)
+w = rng.integers(0, 256, (64, 4 * 34), dtype=np.uint8)    # 64 rows of four Q8_0 blocks
+w[:, 0::34], w[:, 1::34] = 0, 0x20                         # each block's f16 scale: 2**-7
+x = rng.standard_normal((8, 128)).astype(np.float32)
+y = linear(x, QTensor(w, 8, 128), numerics="llama")        # the int8 prefill kernel
+print("Y", y.tobytes().hex())
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("TINYLLM_NO_NUMBA", None)
+    if not jit.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           cwd=ROOT, timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    first, second = (r.stdout.splitlines() for r in runs)
+    names = ["Q8_0 int8 prefill", "Q8_0 int8 decode", "attention", "norms and rope"]
+    for name in names:
+        assert sum(f"LOG kernels: {name} compiled in" in ln for ln in first) == 1, (name, first)
+    assert any("(in a helper process)" in ln for ln in first), first
+    assert any("first run only" in ln for ln in first), first          # and some compiled here
+    assert next(ln for ln in first if ln.startswith("COMPILED")) == f"COMPILED {sorted(names)}"
+    assert not any(ln.startswith("LOG") for ln in second), second      # all cached now
+    rng = np.random.default_rng(0)                     # the same product in this process
+    w = rng.integers(0, 256, (64, 4 * 34), dtype=np.uint8)
+    w[:, 0::34], w[:, 1::34] = 0, 0x20
+    x = rng.standard_normal((8, 128)).astype(np.float32)
+    here = "Y " + linear(x, QTensor(w, 8, 128), numerics="llama").tobytes().hex()
+    assert [next(ln for ln in out if ln.startswith("Y")) for out in (first, second)] == [here, here]
+
+
+def test_compile_helpers_follow_cores_memory_and_the_override(monkeypatch):
+    from tinyllm.startup import HELPER_BYTES, compile_helpers
+    monkeypatch.setenv("TINYLLM_COMPILE_JOBS", "3")
+    assert compile_helpers(10 * HELPER_BYTES) == 2
+    assert compile_helpers(HELPER_BYTES + 1) == 1           # memory for one helper only
+    assert compile_helpers(HELPER_BYTES - 1) == 0 and compile_helpers(None) == 0
+    monkeypatch.setenv("TINYLLM_COMPILE_JOBS", "1")
+    assert compile_helpers(10 * HELPER_BYTES) == 0
