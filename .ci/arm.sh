@@ -177,17 +177,24 @@ make_venvhf() {  # the README's 32-bit Pi OS install: Debian's packages + pip, h
     echo "$k" > "$root/opt/venv/.ci-key"
 }
 
-x86_reference() {  # the x86 text, from the venv .ci/run made
+x86_reference() {  # the x86 text, from the venv .ci/run made, and the part of it that must match
     local out="$CACHE/x86-run.txt"
     .venv/bin/tinyllm run smollm2-135m -p "$PROMPT" -n 16 --temp 0 > "$out"
+    .venv/bin/python .ci/clear_prefix.py smollm2-135m "$PROMPT" 16 > "$CACHE/x86-clear.txt"
     echo "$out"
 }
 
-compare_run() {  # compare_run NAME FILE: same text as x86?
+compare_run() {  # compare_run NAME FILE: the x86 text, or at least all of it before a near-tie?
     if cmp -s "$CACHE/x86-run.txt" "$2"; then
         log "$1: tinyllm run --temp 0 gives the x86 text: $(tr '\n' ' ' < "$2")"
+    elif python3 -c 'import sys; a, b = (open(f, "rb").read() for f in sys.argv[1:]); sys.exit(not b.startswith(a))' \
+            "$CACHE/x86-clear.txt" "$2"; then
+        # .ci/clear_prefix.py: past x86's first step with a top-2 gap < 0.5 logit another
+        # machine's float summation order may choose the other token
+        log "$1: tinyllm run --temp 0 gives the x86 text up to x86's first near-tie: $(tr '\n' ' ' < "$2")"
     else
-        log "$1: tinyllm run --temp 0 DIFFERS from x86"; diff "$CACHE/x86-run.txt" "$2" || true
+        log "$1: tinyllm run --temp 0 DIFFERS from x86 before its first near-tie"
+        diff "$CACHE/x86-run.txt" "$2" || true
         return 1
     fi
 }
