@@ -84,7 +84,8 @@ def warm_kernels(type_names, numerics: str = "llama", progress=_quiet, helpers: 
     steps = _steps(type_names, numerics)
     cold = [st for st in steps if not jit.cache_is_warm(st[1])]
     shares = _share([st[0] for st in cold], helpers + 1) if helpers and len(cold) > 1 else []
-    procs = [_start_helper(numerics, type_names, names, progress) for names in shares[1:] if names]
+    procs = [p for p in (_start_helper(numerics, type_names, names, progress)
+                         for names in shares[1:] if names) if p is not None]
     mine = set(shares[0]) if shares else None
     for st in steps:                     # this process's share (everything without helpers)
         if mine is None or st[0] in mine or st not in cold:
@@ -110,13 +111,17 @@ def _share(names: list, n: int) -> list:
 
 
 def _start_helper(numerics: str, type_names, names: list, progress):
-    """A `python -m tinyllm.startup` compiling `names`; a thread passes on its progress lines."""
+    """A `python -m tinyllm.startup` compiling `names`; a thread passes on its progress lines.
+    None if it cannot start (then this process compiles its share)."""
     import subprocess
     import sys
     import threading
     cmd = [sys.executable, "-m", "tinyllm.startup", numerics, ",".join(sorted(set(type_names))), *names]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        return None
 
     def relay():
         for line in proc.stdout:
