@@ -62,9 +62,10 @@ def warm_kernels(type_names, numerics: str = "llama", progress=_quiet, helpers: 
     announced before its compile and timed after it.  Returns the names compiled.
 
     numba compiles on one core.  With helpers > 0 and several kernels to compile, that
-    many other processes (`python -m tinyllm.startup`: _compile_helper) compile a share of them into the same disk
-    cache while this one compiles the rest, and this one then loads theirs from the
-    cache (a kernel a helper failed to store is compiled here, as without helpers)."""
+    many other processes (`python -m tinyllm.startup`: _compile_helper) compile a share
+    of them into the same disk cache while this one compiles the rest, and this one then
+    loads theirs from the cache (a kernel a helper failed to store is compiled here, as
+    without helpers)."""
     if not jit.HAVE_NUMBA:
         progress("kernels: numpy fallback (numba not available)")
         return []
