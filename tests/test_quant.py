@@ -288,7 +288,7 @@ def err(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 out = {"path": simd.PATH}
-for name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
+for label, name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
     f = FORMATS[name]
     w = QTensor(np.load(raw_path), f.ggml_type, n_cols)
     x = np.load(x_path)                                   # (T, n)
@@ -298,7 +298,7 @@ for name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
         f.matvec_int8(w._w, x[t], steps[t], F16_TO_F32)
     y = np.full((x.shape[0], w.n_rows), np.nan, np.float32)
     f.prefill_int8(w._w, x, y, F16_TO_F32)                # all T tokens at once
-    out[name] = {"decode": err(steps, ref), "prefill": err(y, ref), "prefill_vs_decode": err(y, steps)}
+    out[label] = {"decode": err(steps, ref), "prefill": err(y, ref), "prefill_vs_decode": err(y, steps)}
 print(json.dumps(out))
 """
 
@@ -313,6 +313,12 @@ def _native_simd_path() -> str:
     import llvmlite.binding as llvm
     f = {k for k, v in llvm.get_host_cpu_features().items() if v}
     return "vnni" if {"avx2", "avx512vnni", "avx512vl"} <= f else "avx2" if "avx2" in f else "generic"
+
+
+# the bytes of a block that hold codes (not scales), and the byte that sets every code
+# there to its largest value
+CODE_BYTES = {"Q8_0": (slice(2, 34), 0x7F), "Q4_0": (slice(2, 18), 0xFF), "Q4_1": (slice(4, 20), 0xFF),
+              "Q5_0": (slice(2, 22), 0xFF), "Q4_K": (slice(16, 144), 0xFF), "Q6_K": (slice(0, 192), 0xFF)}
 
 
 # the paths TINYLLM_SIMD can force on this machine's architecture (downwards from native)
@@ -335,11 +341,20 @@ def test_int8_kernels_equal_the_rounding_oracle(tmp_path, path):
     assert sorted(names) == sorted(["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K"])
     for i, name in enumerate(names):
         n_rows, n_cols = 37 + i % 3, (2048 if i % 2 else 512)
-        np.save(tmp_path / f"{name}.w.npy", weights(name, n_rows, n_cols, rng))
+        w = weights(name, n_rows, n_cols, rng)
         x = (rng.standard_normal((67, n_cols)) * 10.0 ** rng.uniform(-3, 2, (67, 1))).astype(np.float32)
         x[:, rng.integers(0, n_cols, 5)] *= 30               # outliers set the block scales
-        np.save(tmp_path / f"{name}.x.npy", x)
-        jobs.append((name, str(tmp_path / f"{name}.w.npy"), n_cols, str(tmp_path / f"{name}.x.npy")))
+        # the worst case for the integer sums' widths (AVX2's vpmaddubsw sums pairs of
+        # products as int16, saturating): every code at its largest and every rounded x
+        # at +-127 (x constant over the row), of either sign by token
+        w_max = w.copy().reshape(-1, FORMATS[name].type_size)
+        codes, largest = CODE_BYTES[name]
+        w_max[:, codes] = largest
+        x_max = np.repeat(np.where(np.arange(9) % 2, -1.0, 1.0)[:, None], n_cols, 1).astype(np.float32)
+        for label, ww, xx in ((name, w, x), (name + " at the extremes", w_max.reshape(n_rows, -1), x_max)):
+            np.save(tmp_path / f"{label}.w.npy", ww)
+            np.save(tmp_path / f"{label}.x.npy", xx)
+            jobs.append((label, name, str(tmp_path / f"{label}.w.npy"), n_cols, str(tmp_path / f"{label}.x.npy")))
     env = dict(os.environ)
     if path != "native":
         env["TINYLLM_SIMD"] = path
@@ -352,8 +367,8 @@ def test_int8_kernels_equal_the_rounding_oracle(tmp_path, path):
     # the ARM CI job says what each qemu CPU model must get (max: dotprod, cortex-a72: neon)
     native = os.environ.get("TINYLLM_CI_EXPECT_SIMD") or _native_simd_path()
     assert got["path"] == (native if path == "native" else max(path, native, key=order.index))
-    for name in names:
-        assert max(got[name].values()) < 2e-6, (name, got[name])
+    for label, *_ in jobs:
+        assert max(got[label].values()) < 2e-6, (label, got[label])
 
 
 def test_plain_int8_reference_is_what_the_q8_0_kernel_computes():

@@ -29,7 +29,7 @@ import numpy as np
 from ..ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import QK_K, linear_q8_K_act, x_q8_K
-from .common import QuantFormat, f16_at, f16_field, hi, lo, row_chunks
+from .common import LO2, LO4, QuantFormat, f16_at, f16_field, hi, lo, row_chunks, u32_le
 from .rows import ACT_Q8_K, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
 if HAVE_NUMBA:
@@ -255,39 +255,44 @@ def unpack_row_q6_K(row, wf, gm, lut, aux):
 
 
 # ---- int8 prefill: one row -> its codes and sub-block scales (rows.prefill_rows_int8) -----------
+# Both write row i of the 8 interleaved rows: codes four at a time into P4, a sub-block's
+# scale (and offset) into S8 (M8) lane i.
 @njit(inline="never")
-def codes_q4_K(row, codes, S, M, lut):
+def codes_q4_K(row, P4, i, S8, M8, lut):
     """codes q (0..15), S = d sc_j and M = -dmin m_j per sub-block of 32."""
-    for B in range(S.shape[0] // 8):
+    for B in range(S8.shape[0] // 64):
         o = B * 144
         d, dmin = f16_at(row, o, lut), f16_at(row, o + 2, lut)
         for j in range(8):
             sc, m = scale_min_at(row, o + 4, j)
-            S[8 * B + j] = d * np.float32(sc)
-            M[8 * B + j] = -(dmin * np.float32(m))
-        for p in range(4):                          # sub-blocks 2p (low nibbles), 2p+1 (high)
-            for k in range(32):
-                v = row[o + 16 + 32 * p + k]
-                codes[256 * B + 64 * p + k] = lo(v)
-                codes[256 * B + 64 * p + 32 + k] = hi(v)
+            S8[8 * (8 * B + j) + i] = d * np.float32(sc)
+            M8[8 * (8 * B + j) + i] = -(dmin * np.float32(m))
+        for p in range(4):              # qs[32p + l]: code 64p + l (low nibble), 64p + 32 + l (high)
+            for l4 in range(8):
+                v = u32_le(row, o + 16 + 32 * p + 4 * l4)
+                g = 64 * B + 16 * p + l4                # the group of codes 256B + 64p + 4 l4 ..
+                P4[8 * g + i] = v & LO4
+                P4[8 * (g + 8) + i] = (v >> 4) & LO4
 
 
 @njit(inline="never")
-def codes_q6_K(row, codes, S, M, lut):
+def codes_q6_K(row, P4, i, S8, M8, lut):
     """codes q (0..63; the weight is q - 32), S = d sc_j per sub-block of 16."""
-    for B in range(S.shape[0] // 16):
+    for B in range(S8.shape[0] // 128):
         o = B * 210
         d = f16_at(row, o + 208, lut)
         for j in range(16):
-            S[16 * B + j] = d * np.float32(np.int8(row[o + 192 + j]))
-        for h in range(2):                          # two halves of 128 weights
-            ql, qh, x0 = o + 64 * h, o + 128 + 32 * h, 256 * B + 128 * h
-            for l in range(32):
-                a, b, c = row[ql + l], row[ql + 32 + l], row[qh + l]
-                codes[x0 + l] = lo(a) | np.uint8((c & 3) << 4)
-                codes[x0 + 32 + l] = lo(b) | np.uint8((c & 12) << 2)
-                codes[x0 + 64 + l] = hi(a) | np.uint8(c & 48)
-                codes[x0 + 96 + l] = hi(b) | np.uint8((c >> 2) & 48)
+            S8[8 * (16 * B + j) + i] = d * np.float32(np.int8(row[o + 192 + j]))
+        for h in range(2):              # two halves of 128 weights: codes l, 32+l, 64+l, 96+l take
+            for l4 in range(8):         # the nibbles of ql[l], ql[32+l] and the bit pairs of qh[l]
+                a = u32_le(row, o + 64 * h + 4 * l4)
+                b = u32_le(row, o + 64 * h + 32 + 4 * l4)
+                c = u32_le(row, o + 128 + 32 * h + 4 * l4)
+                g = 64 * B + 32 * h + l4                # the group of codes 256B + 128h + 4 l4 ..
+                P4[8 * g + i] = (a & LO4) | ((c & LO2) << 4)
+                P4[8 * (g + 8) + i] = (b & LO4) | (((c >> 2) & LO2) << 4)
+                P4[8 * (g + 16) + i] = ((a >> 4) & LO4) | (((c >> 4) & LO2) << 4)
+                P4[8 * (g + 24) + i] = ((b >> 4) & LO4) | (((c >> 6) & LO2) << 4)
 
 
 # ---- decode with int8 x: four rows' dot products (rows.matvec_rows) -----------------------------
@@ -497,7 +502,7 @@ def matvec_int8_q4_K(w, x, y, lut):
 
 @njit(parallel=True)
 def prefill_int8_q4_K(w, x, y, lut):
-    prefill_rows_int8(codes_q4_K, xT_q4_K, w, x, y, lut)
+    prefill_rows_int8(codes_q4_K, xT_q4_K, 4, w, x, y, lut)
 
 
 @njit(parallel=True)
@@ -512,7 +517,7 @@ def matvec_int8_q6_K(w, x, y, lut):
 
 @njit(parallel=True)
 def prefill_int8_q6_K(w, x, y, lut):
-    prefill_rows_int8(codes_q6_K, xT_q6_K, w, x, y, lut)
+    prefill_rows_int8(codes_q6_K, xT_q6_K, 6, w, x, y, lut)
 
 
 @njit(parallel=True)

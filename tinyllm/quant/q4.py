@@ -15,8 +15,8 @@ import numpy as np
 
 from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import linear_q8_0_act, linear_q8_1_act, x_q8_0_biased, x_q8_1
-from .common import (QuantFormat, f16_at, f16_bytes, f16_field, hi, inverse, lo, nibbles, pack_nibbles,
-                     row_chunks, signed_absmax)
+from .common import (LO4, QuantFormat, f16_at, f16_bytes, f16_field, hi, inverse, lo, nibbles, pack_nibbles,
+                     row_chunks, signed_absmax, u32_le)
 from .rows import ACT_Q8_0, ACT_Q8_1, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
 if HAVE_NUMBA:
@@ -114,20 +114,21 @@ def unpack_row_q4_1(row, wf, gm, lut, aux):
 
 # ---- int8 prefill: one row -> its codes and block scales (rows.prefill_rows_int8) ---------------
 @njit(inline="never")
-def codes_q4(row, codes, S, M, lut):
-    """Q4_0 and Q4_1 (M has room for the offsets m): codes q, S = d per block."""
-    nb = S.shape[0]
+def codes_q4(row, P4, i, S8, M8, lut):
+    """Q4_0 and Q4_1 (M8 has room for the offsets m): codes q, four at a time, as row i of
+    the 8 interleaved in P4; S = d per block."""
+    nb = S8.shape[0] // 8
     size = row.shape[0] // nb                       # 18 or 20
     head = size - 16
     for b in range(nb):
         o = b * size
-        S[b] = f16_at(row, o, lut)
-        if M.shape[0]:
-            M[b] = f16_at(row, o + 2, lut)
-        for k in range(16):
-            v = row[o + head + k]
-            codes[32 * b + k] = lo(v)
-            codes[32 * b + 16 + k] = hi(v)
+        S8[8 * b + i] = f16_at(row, o, lut)
+        if M8.shape[0]:
+            M8[8 * b + i] = f16_at(row, o + 2, lut)
+        for j in range(4):                          # bytes 4j..: codes 4j.. (low), 16 + 4j.. (high)
+            v = u32_le(row, o + head + 4 * j)
+            P4[8 * (8 * b + j) + i] = v & LO4
+            P4[8 * (8 * b + 4 + j) + i] = (v >> 4) & LO4
 
 
 # ---- decode with int8 x: four rows' dot products (rows.matvec_rows) -----------------------------
@@ -266,7 +267,7 @@ def matvec_int8_q4_0(w, x, y, lut):
 
 @njit(parallel=True)
 def prefill_int8_q4_0(w, x, y, lut):
-    prefill_rows_int8(codes_q4, xT_q4_0, w, x, y, lut)
+    prefill_rows_int8(codes_q4, xT_q4_0, 4, w, x, y, lut)
 
 
 @njit(parallel=True)
@@ -286,7 +287,7 @@ def matvec_int8_q4_1(w, x, y, lut):
 
 @njit(parallel=True)
 def prefill_int8_q4_1(w, x, y, lut):
-    prefill_rows_int8(codes_q4, xT_q4_1, w, x, y, lut)
+    prefill_rows_int8(codes_q4, xT_q4_1, 4, w, x, y, lut)
 
 
 @njit(parallel=True)

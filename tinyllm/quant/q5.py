@@ -13,7 +13,7 @@ import numpy as np
 
 from ..jit import FASTMATH, njit
 from .activations import linear_q8_0_act, linear_q8_1_act, x_q8_0_biased
-from .common import QuantFormat, f16_at, f16_field, hi, lo, nibbles, row_chunks, u32_field
+from .common import LO4, QuantFormat, f16_at, f16_field, hi, lo, nibbles, row_chunks, u32_field, u32_le
 from .q4 import dot4_int8_biased
 from .rows import ACT_Q8_0, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
@@ -99,17 +99,24 @@ def unpack_row_q5_1(row, wf, gm, lut, aux):
 
 
 # ---- int8 prefill: one row -> its codes and block scales (rows.prefill_rows_int8) ---------------
+@njit(inline="always")
+def bit4_per_byte(bits):
+    """bits 0..3 of a uint32 -> bit 4 of bytes 0..3: four codes' fifth bits at once"""
+    return (((bits & 1) << 4) | ((bits & 2) << 11) | ((bits & 4) << 18) | ((bits & 8) << 25))
+
+
 @njit(inline="never")
-def codes_q5_0(row, codes, S, M, lut):
-    """codes q (0..31, stored q - 16 is the weight), S = d per block."""
-    for b in range(S.shape[0]):
+def codes_q5_0(row, P4, i, S8, M8, lut):
+    """codes q (0..31, stored q - 16 is the weight), four at a time, as row i of the 8
+    interleaved in P4; S = d per block."""
+    for b in range(S8.shape[0] // 8):
         o = b * SIZE_Q5_0
-        S[b] = f16_at(row, o, lut)
-        qh = qh_u32(row, o + 2)
-        for k in range(16):
-            v = row[o + 6 + k]
-            codes[32 * b + k] = q5(lo(v), qh, k)
-            codes[32 * b + 16 + k] = q5(hi(v), qh, k + 16)
+        S8[8 * b + i] = f16_at(row, o, lut)
+        qh = u32_le(row, o + 2)
+        for j in range(4):                          # bytes 4j..: codes 4j.. (low), 16 + 4j.. (high)
+            v = u32_le(row, o + 6 + 4 * j)
+            P4[8 * (8 * b + j) + i] = (v & LO4) | bit4_per_byte(qh >> (4 * j))
+            P4[8 * (8 * b + 4 + j) + i] = ((v >> 4) & LO4) | bit4_per_byte(qh >> (16 + 4 * j))
 
 
 # ---- decode: four rows' dot products (rows.matvec_rows) -----------------------------------------
@@ -118,13 +125,6 @@ def dot4_int8_q5_0(w0, w1, w2, w3, xr, lut):
     """x rounded to Q8_0, the bias 16 in xi (q4.dot4_int8_biased)."""
     xq, xd, xi = xr
     return dot4_int8_biased(w0, w1, w2, w3, xq, xd, xi, lut, True)
-
-
-@njit(inline="always")
-def qh_u32(row, o):
-    """qh as uint32 (u32_at's int64 would widen the code chain: see common.lo)"""
-    return (np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16)
-            | (np.uint32(row[o + 3]) << 24))
 
 
 @njit(inline="always")
@@ -141,7 +141,7 @@ def dot4_float_q5_0(w0, w1, w2, w3, xr, lut):
     a0 = a1 = a2 = a3 = np.float32(0.0)
     for b in range(xsum.shape[0]):
         o, xo = b * (hb + 6), b * 2 * hb
-        h0, h1, h2, h3 = qh_u32(w0, o + 2), qh_u32(w1, o + 2), qh_u32(w2, o + 2), qh_u32(w3, o + 2)
+        h0, h1, h2, h3 = u32_le(w0, o + 2), u32_le(w1, o + 2), u32_le(w2, o + 2), u32_le(w3, o + 2)
         s0 = s1 = s2 = s3 = np.float32(0.0)
         for k in range(hb):
             xl, xh = x[xo + k], x[xo + hb + k]
@@ -182,7 +182,7 @@ def matvec_int8_q5_0(w, x, y, lut):
 
 @njit(parallel=True)
 def prefill_int8_q5_0(w, x, y, lut):
-    prefill_rows_int8(codes_q5_0, xT_q5_0, w, x, y, lut)
+    prefill_rows_int8(codes_q5_0, xT_q5_0, 5, w, x, y, lut)
 
 
 @njit(parallel=True)

@@ -24,7 +24,8 @@ from ..jit import FASTMATH, HAVE_NUMBA, njit, prange
 from .activations import QK, QK_K, quantize_q8_0, quantize_q8_1, quantize_q8_K, round_away_np
 
 if HAVE_NUMBA:
-    from .simd import dot_acc_x4, fma, fmadd, fmul, load_f32x8, splat, splat_i32, store_f32x8, zeros_f32x8
+    from .simd import (add, fma, fmadd, fmul, load_f32x8, pairs_acc_x4, splat, splat_i32, store_f32x8,
+                       widen_pairs, zeros_f32x8, zeros_i32x8)
 
 
 # ---- int8 decode, the plain way (llama2.c's runq.c matmul, over a GGUF Q8_0 matrix) -----------
@@ -226,10 +227,10 @@ def prefill_rows(unpack_row, w, x, y, act, lut, aux):
 # The layout is the one llama.cpp repacks its weights into on x86: 8 rows interleaved
 # 4 bytes at a time, P[32 k + 4 i + j] = q[row i, 4 k + j].  One 32-byte load of P then
 # holds 4 codes of each of the 8 rows, and one multiply-add against 4 bytes of x
-# broadcast to all lanes (simd.dot_acc_x4: vpdpbusd, sdot) leaves row i's partial dot in
+# broadcast to all lanes (simd.pairs_acc_x4: vpdpbusd, sdot) leaves row i's partial dot in
 # lane i: the 8 lanes are the 8 rows, so a block's scaling is one vector multiply-add for
 # all of them, and no lane sums are needed at the end.  The 8 rows are unpacked once into
-# P and serve all T tokens, two at a time (each load of P feeds two multiply-adds).  (Q8_0's codes are signed, which the u8 x s8 instructions cannot take
+# P and serve all T tokens, four at a time (each load of P feeds four multiply-adds).  (Q8_0's codes are signed, which the u8 x s8 instructions cannot take
 # without tricks; it runs the decode dot4 per token instead: prefill_rows_dot4.)
 # On wide rows (ffn_down: 8960 columns) the 8 rows' codes (72 KiB) leave L1 and all
 # tokens' x (1.1 MiB at T = 128) leave L2, so the columns go a PANEL at a time: the
@@ -240,79 +241,89 @@ PANEL = 2048      # columns
 
 
 @njit(inline="always")
-def _unpack8(unpack_codes, w, r, codes, P, S8, M8, S, M, lut):
-    """rows r..r+7 (the last row repeated past the end) -> P, S8 (nb * 8), M8."""
-    n_rows, n = w.shape[0], codes.shape[0]
-    nb = S.shape[0]
-    c4, P4 = codes.view(np.uint32), P.view(np.uint32)      # 4 codes at a time
+def _unpack8(unpack_codes, w, r, P, S8, M8, lut):
+    """rows r..r+7 (the last row repeated past the end) -> P, S8 (nb * 8), M8, interleaved"""
+    P4 = P.view(np.uint32)                                  # 4 codes at a time
     for i in range(ROWS8):
-        unpack_codes(w[min(r + i, n_rows - 1)], codes, S, M, lut)
-        for k in range(n // 4):
-            P4[8 * k + i] = c4[k]
-        for b in range(nb):
-            S8[8 * b + i] = S[b]
-        for b in range(M.shape[0]):
-            M8[8 * b + i] = M[b]
+        unpack_codes(w[min(r + i, w.shape[0] - 1)], P4, i, S8, M8, lut)
 
 
 @njit(fastmath=FASTMATH, inline="never")
-def _dot8x2(P, S8, M8, xq, xd, xc, xs, t, t1, y, r, tmp, b0, b1):
-    """y[t, r:r+8] and y[t1, r:r+8] (t1 may equal t) += the 8 interleaved rows against two
-    tokens, over blocks b0..b1-1 (b0 == 0: y = rather than +=)."""
-    nb, n = xd.shape[1], xq.shape[1]
+def _dot8x4(P, S8, M8, xq, xd, xc, xs, t, y, r, tmp, b0, b1, run):
+    """y[t..t+3, r:r+8] += the 8 interleaved rows against four tokens (past the last token:
+    the last one again), over blocks b0..b1-1 (b0 == 0: y = rather than +=).  run: steps
+    summed in a pair accumulator before widening (simd.pairs_acc_x4), 1 or a block's."""
+    T, n = xq.shape
+    nb = xd.shape[1]
     per = n // nb // 4                     # 4-byte steps per block (8, or 4 for BK = 16)
-    o0, o1 = t * n, t1 * n                 # tokens t, t1 of xq, as flat offsets
-    a0, a1 = zeros_f32x8(), zeros_f32x8()
+    t0, t1, t2, t3 = t, min(t + 1, T - 1), min(t + 2, T - 1), min(t + 3, T - 1)
+    o0, o1, o2, o3 = t0 * n, t1 * n, t2 * n, t3 * n          # the tokens of xq, as flat offsets
+    a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
     for b in range(b0, b1):
-        i0, i1 = splat_i32(xc[t, b]), splat_i32(xc[t1, b])
-        for k in range(b * per, b * per + per):
-            i0 = dot_acc_x4(i0, P, 32 * k, xq, o0 + 4 * k)
-            i1 = dot_acc_x4(i1, P, 32 * k, xq, o1 + 4 * k)
+        i0, i1 = splat_i32(xc[t0, b]), splat_i32(xc[t1, b])
+        i2, i3 = splat_i32(xc[t2, b]), splat_i32(xc[t3, b])
+        for k0 in range(b * per, b * per + per, run):
+            p0, p1, p2, p3 = zeros_i32x8(), zeros_i32x8(), zeros_i32x8(), zeros_i32x8()
+            for k in range(k0, k0 + run):  # one load of P feeds four tokens
+                p0 = pairs_acc_x4(p0, P, 32 * k, xq, o0 + 4 * k)
+                p1 = pairs_acc_x4(p1, P, 32 * k, xq, o1 + 4 * k)
+                p2 = pairs_acc_x4(p2, P, 32 * k, xq, o2 + 4 * k)
+                p3 = pairs_acc_x4(p3, P, 32 * k, xq, o3 + 4 * k)
+            i0, i1 = add(i0, widen_pairs(p0)), add(i1, widen_pairs(p1))
+            i2, i3 = add(i2, widen_pairs(p2)), add(i3, widen_pairs(p3))
         s = load_f32x8(S8, 8 * b)
-        a0 = fma(a0, i0, fmul(s, splat(xd[t, b])))
+        a0 = fma(a0, i0, fmul(s, splat(xd[t0, b])))
         a1 = fma(a1, i1, fmul(s, splat(xd[t1, b])))
+        a2 = fma(a2, i2, fmul(s, splat(xd[t2, b])))
+        a3 = fma(a3, i3, fmul(s, splat(xd[t3, b])))
     mb = xs.shape[1] // nb                 # offsets per block: 0 or 1 (nm == nb)
     for b in range(b0 * mb, b1 * mb):
         m = load_f32x8(M8, 8 * b)
-        a0 = fmadd(a0, m, splat(xs[t, b]))
+        a0 = fmadd(a0, m, splat(xs[t0, b]))
         a1 = fmadd(a1, m, splat(xs[t1, b]))
-    n = min(ROWS8, y.shape[1] - r)
+        a2 = fmadd(a2, m, splat(xs[t2, b]))
+        a3 = fmadd(a3, m, splat(xs[t3, b]))
     store_f32x8(tmp, 0, a0)
     store_f32x8(tmp, 8, a1)
-    if b0 == 0:
-        for i in range(n):
-            y[t, r + i] = tmp[i]
-            y[t1, r + i] = tmp[8 + i]
-    else:
-        for i in range(n):
-            y[t, r + i] += tmp[i]
-            y[t1, r + i] += tmp[8 + i]
+    store_f32x8(tmp, 16, a2)
+    store_f32x8(tmp, 24, a3)
+    n_rows = min(ROWS8, y.shape[1] - r)
+    for j, tj in enumerate((t0, t1, t2, t3)):
+        for i in range(n_rows):
+            if b0 == 0:
+                y[tj, r + i] = tmp[8 * j + i]
+            else:
+                y[tj, r + i] += tmp[8 * j + i]
 
 
 @njit(inline="always")
-def prefill_rows_int8(unpack_codes, prepare, w, x, y, lut):
+def prefill_rows_int8(unpack_codes, prepare, code_bits, w, x, y, lut):
     """y (T, R) = x (T, n) @ W^T with int8 dot products.  prepare(x) -> (xq (T, n) int8,
     xd (T, nb) the x scale per block, xc (T, nb) int32 -c sum q_x, xs (T, nm) the
-    offsets' x terms); unpack_codes(row, codes (n,) uint8, S (nb,), M (nm,), lut) one row's
-    codes, block scales and offsets.  Inlined into each format's kernel."""
+    offsets' x terms); unpack_codes(row, P4, i, S8, M8, lut) writes one row's codes
+    (< 2**code_bits) as row i of the 8 interleaved (P4: P as uint32, 4 codes each), its
+    block scales and offsets as lane i of S8, M8.  Inlined into each format's kernel."""
     xq, xd, xc, xs = prepare(x)
+    # AVX2 sums up to 32767 // (2 * 128 * max_code) steps' products as int16 pairs before
+    # widening them (simd.pairs_acc_x4): 8 for 4-bit codes (a whole block), 4 for 5-bit;
+    # Q6_K's 6-bit codes widen every step (2 at a time measured slower, Zen 3).  A
+    # literal, so that numba compiles _dot8x4 for it: a run-time count ran 2x slower.
+    run = 8 if code_bits == 4 else 4 if code_bits == 5 else 1
     T, n = x.shape
     nb, nm = xd.shape[1], xs.shape[1]
     per_panel = max(1, PANEL * nb // n)    # blocks per panel
     n_groups = (w.shape[0] + ROWS8 - 1) // ROWS8
     nc = min(n_groups, MAX_CHUNKS)
     for c in prange(nc):
-        codes = np.empty(n, np.uint8)
         P = np.empty(8 * n, np.uint8)
-        S, M = np.empty(nb, np.float32), np.empty(nm, np.float32)
         S8, M8 = np.empty(8 * nb, np.float32), np.empty(8 * nm, np.float32)
-        tmp = np.empty(16, np.float32)
+        tmp = np.empty(32, np.float32)
         for g in range(c * n_groups // nc, (c + 1) * n_groups // nc):
-            _unpack8(unpack_codes, w, ROWS8 * g, codes, P, S8, M8, S, M, lut)
+            _unpack8(unpack_codes, w, ROWS8 * g, P, S8, M8, lut)
             for b0 in range(0, nb, per_panel):     # a panel of columns at a time (see above)
                 b1 = min(nb, b0 + per_panel)
-                for t in range(0, T, 2):
-                    _dot8x2(P, S8, M8, xq, xd, xc, xs, t, min(t + 1, T - 1), y, ROWS8 * g, tmp, b0, b1)
+                for t in range(0, T, 4):
+                    _dot8x4(P, S8, M8, xq, xd, xc, xs, t, y, ROWS8 * g, tmp, b0, b1, run)
 
 
 @njit

@@ -251,15 +251,27 @@ if jit.HAVE_NUMBA:
             return builder.add(args[0], _dot_u8_s8(builder, args[1], x))
         return i32x8(acc, codes, xq, types.intp), codegen
 
+    # The int8 prefill's inner step, over 8 rows interleaved 4 bytes at a time (rows.py):
+    # lane i gets the dot of the 4 unsigned codes p[o+4i : o+4i+4] with the same 4 int8
+    # activations xq[xo : xo+4].  AVX2 without VNNI has no one-instruction u8 x s8 -> int32
+    # dot: vpmaddubsw gives int16 sums of pairs, and a second multiply (vpmaddwd by ones)
+    # widens them.  The pair sums fit int16 for a while, |q x + q' x'| <= 2 * 128 * max_code,
+    # so they are added as int16 (vpaddw) for up to 32767 // (2 * 128 * max_code) steps --
+    # 8 for 4-bit codes: a whole block -- and widened once, a third fewer instructions
+    # per step.  On the other paths the pairs are the int32 lanes themselves.
+    _PAIRS16 = X86_AVX2 and not X86_VNNI
+
     @intrinsic
-    def dot_acc_x4(typingctx, acc, p, o, xq, xo):
-        """acc + p[o : o+32] . (xq[xo : xo+4] in every lane): lane i is the dot of the 4
-        unsigned codes p[o+4i : o+4i+4] with the same 4 int8 activations.  The int8
-        prefill's inner step, over 8 rows interleaved 4 bytes at a time (rows.py)."""
+    def pairs_acc_x4(typingctx, acc, p, o, xq, xo):
+        """acc + p[o : o+32] . (xq[xo : xo+4] in every lane), in a pair accumulator
+        (AVX2: 16 int16 pairs; elsewhere 8 int32 lanes): read it through widen_pairs."""
         def codegen(context, builder, sig, args):
             w = _load(context, builder, sig.args[1], args[1], args[2], u8x32.lltype)
             x4 = _load(context, builder, sig.args[3], args[3], args[4], I32)
             x = builder.bitcast(_splat(builder, x4, 8), u8x32.lltype)
+            if _PAIRS16:
+                p16 = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _v(I16, 16), [w, x])
+                return builder.bitcast(builder.add(builder.bitcast(args[0], _v(I16, 16)), p16), i32x8.lltype)
             if X86_VNNI:
                 return _call(builder, "llvm.x86.avx512.vpdpbusd.256", i32x8.lltype,
                              [args[0], builder.bitcast(w, i32x8.lltype), builder.bitcast(x, i32x8.lltype)])
@@ -267,6 +279,16 @@ if jit.HAVE_NUMBA:
                 return _sdot(builder, args[0], w, x)
             return builder.add(args[0], _dot_u8_s8(builder, w, x))
         return i32x8(acc, p, types.intp, xq, types.intp), codegen
+
+    @intrinsic
+    def widen_pairs(typingctx, acc):
+        """a pair accumulator as 8 int32 lanes (AVX2: vpmaddwd by ones; elsewhere as it is)"""
+        def codegen(context, builder, sig, args):
+            if not _PAIRS16:
+                return args[0]
+            return _call(builder, "llvm.x86.avx2.pmadd.wd", i32x8.lltype,
+                         [builder.bitcast(args[0], _v(I16, 16)), ir.Constant(_v(I16, 16), [1] * 16)])
+        return i32x8(acc), codegen
 
     @intrinsic
     def dot_scaled(typingctx, acc, codes, xq, xo, s):
