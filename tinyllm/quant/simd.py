@@ -292,18 +292,18 @@ if jit.HAVE_NUMBA:
 
     @intrinsic
     def dot_scaled(typingctx, acc, codes, xq, xo, s):
-        """acc + (codes . xq[xo : xo+32]) * s, lane by lane (s: i32x8 of sub-block scales,
-        |s| < 2^15).  On x86 the scale rides in the second multiply-add for free:
-        vpmaddubsw gives int16 pairs, vpmaddwd (or VNNI vpdpwssd, which also adds acc)
-        multiplies them by the scale and sums them into the int32 lanes."""
+        """acc + (codes . xq[xo : xo+32]) * s, lane by lane (s: sub-block scales, |s| < 2^15,
+        from lane() or scale_pair(): on x86 int16 lanes 2i and 2i+1 hold int32 lane i's).
+        On x86 the scale rides in the second multiply-add for free: vpmaddubsw gives int16
+        pairs, vpmaddwd (or VNNI vpdpwssd, which also adds acc) multiplies them by the
+        scale and sums them into the int32 lanes."""
         def codegen(context, builder, sig, args):
             acc, codes, s = args[0], args[1], args[4]
             x = _load(context, builder, sig.args[2], args[2], args[3], u8x32.lltype)
             if not X86_AVX2:
                 return builder.add(acc, builder.mul(_dot_u8_s8(builder, codes, x), s))
             p16 = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _v(I16, 16), [codes, x])
-            s16 = builder.trunc(s, _v(I16, 8))
-            s16 = builder.shuffle_vector(s16, s16, ir.Constant(_v(I32, 16), [i // 2 for i in range(16)]))
+            s16 = builder.bitcast(s, _v(I16, 16))
             if X86_VNNI:
                 return _call(builder, "llvm.x86.avx512.vpdpwssd.256", i32x8.lltype,
                              [acc, builder.bitcast(p16, i32x8.lltype), builder.bitcast(s16, i32x8.lltype)])
@@ -353,18 +353,39 @@ if jit.HAVE_NUMBA:
             return builder.mul(args[0], args[1])
         return i32x8(i32x8, i32x8), codegen
 
+    # Sub-block scales for dot_scaled.  On x86 they are int16, the vpmaddwd operand, each
+    # in both halves of the 256-bit register (vpshufb does not cross the halves); lane()
+    # is then one vpshufb with a constant mask, where an int32 lane took two shuffles.
+    def _i16_both_halves(builder, v8):
+        """<8 x i16> -> <16 x i16> [v, v], as the i32x8 type"""
+        return builder.bitcast(builder.shuffle_vector(v8, v8, ir.Constant(_v(I32, 16), list(range(8)) * 2)),
+                               i32x8.lltype)
+
     @intrinsic
     def lane(typingctx, v, j):
-        """lane j of v in all 8 lanes (j a constant once inlined)"""
+        """scale j of v (q4_K_scales' sc) in all 8 lanes (j a constant once inlined)"""
         def codegen(context, builder, sig, args):
-            return _splat(builder, builder.extract_element(args[0], builder.trunc(args[1], I32)), 8)
+            j = builder.trunc(args[1], I16)
+            if not X86_AVX2:
+                return _splat(builder, builder.extract_element(args[0], builder.zext(j, I32)), 8)
+            two_j = builder.mul(j, ir.Constant(I16, 2))      # bytes 2j, 2j+1: int16 j, everywhere
+            pick = builder.or_(two_j, builder.shl(builder.add(two_j, ir.Constant(I16, 1)), ir.Constant(I16, 8)))
+            mask = builder.bitcast(_splat(builder, pick, 16), u8x32.lltype)
+            out = _call(builder, "llvm.x86.avx2.pshuf.b", u8x32.lltype,
+                        [builder.bitcast(args[0], u8x32.lltype), mask])
+            return builder.bitcast(out, i32x8.lltype)
         return i32x8(v, types.intp), codegen
 
     @intrinsic
     def scale_pair(typingctx, w, o):
         """the int8 scales w[o], w[o+1] as lanes 0..3 and 4..7 (Q6_K: one per 16 weights)"""
         def codegen(context, builder, sig, args):
-            two = builder.sext(_load(context, builder, sig.args[0], args[0], args[1], _v(I8, 2)), _v(I32, 2))
+            two = _load(context, builder, sig.args[0], args[0], args[1], _v(I8, 2))
+            if X86_AVX2:
+                two = builder.sext(two, _v(I16, 2))
+                return builder.bitcast(builder.shuffle_vector(two, two, ir.Constant(_v(I32, 16), [0] * 8 + [1] * 8)),
+                                       i32x8.lltype)
+            two = builder.sext(two, _v(I32, 2))
             return builder.shuffle_vector(two, two, ir.Constant(_v(I32, 8), [0, 0, 0, 0, 1, 1, 1, 1]))
         return i32x8(w, types.intp), codegen
 
@@ -373,7 +394,8 @@ if jit.HAVE_NUMBA:
         """the eight 6-bit (scale, min) pairs packed in the 12 bytes b = w[o : o+12] (Q4_K/Q5_K):
              j < 4:  sc_j = b[j] & 63                        m_j = b[j+4] & 63
              j >= 4: sc_j = b[j+4] & 15 | (b[j-4] >> 6) << 4  m_j = b[j+4] >> 4 | (b[j] >> 6) << 4
-        as two i32x8 (lane j), built with byte shuffles.  Reads 16 bytes (the block continues)."""
+        as two i32x8 (lane j; on x86 sc as lane() takes it), built with byte shuffles.  Reads
+        16 bytes (the block continues)."""
         def codegen(context, builder, sig, args):
             b = _load(context, builder, sig.args[0], args[0], args[1], _v(I8, 16))
 
@@ -389,8 +411,9 @@ if jit.HAVE_NUMBA:
             top2_m = builder.shl(builder.lshr(lo_0, c8(6)), c8(4))
             sc = builder.select(first, builder.and_(lo, c8(63)), builder.or_(builder.and_(lo, c8(15)), top2_sc))
             m = builder.select(first, builder.and_(lo4, c8(63)), builder.or_(builder.lshr(lo4, c8(4)), top2_m))
-            return cgutils.make_anonymous_struct(builder, [builder.zext(sc, i32x8.lltype),
-                                                           builder.zext(m, i32x8.lltype)])
+            sc = (_i16_both_halves(builder, builder.zext(sc, _v(I16, 8))) if X86_AVX2
+                  else builder.zext(sc, i32x8.lltype))
+            return cgutils.make_anonymous_struct(builder, [sc, builder.zext(m, i32x8.lltype)])
         return types.UniTuple(i32x8, 2)(w, types.intp), codegen
 
     @intrinsic
