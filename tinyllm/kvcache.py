@@ -223,20 +223,27 @@ def quantize_q4_0_rows(x, out, scales):
             put_f16(out, r, b * (2 + QK // 2), d)
 
 
-def quantize_rows(x: np.ndarray, kv_type: str) -> np.ndarray:
-    """float32 (..., n) -> uint8 (..., row_bytes): numba for f16 and the block formats when
-    available (a numpy call costs microseconds however small the rows: decode stores two a layer)."""
+def quantize_rows(x: np.ndarray, kv_type: str, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 (..., n) -> uint8 (..., row_bytes), written into `out` (C-contiguous: the cache's
+    cells) when given.  numba for f16 and the block formats when available: a numpy call
+    costs microseconds however small the rows, and a decode step stores two a layer."""
     if not HAVE_NUMBA or kv_type == "f32":
-        return quantize_rows_np(x, kv_type)
+        rows = quantize_rows_np(x, kv_type)
+        if out is None:
+            return rows
+        out[...] = rows
+        return out
     f = KV_FORMATS[kv_type]
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-    out = np.empty((x2.shape[0], f.row_bytes(x2.shape[1])), np.uint8)
+    if out is None:
+        out = np.empty(x.shape[:-1] + (f.row_bytes(x.shape[-1]),), np.uint8)
+    out2 = out.reshape(x2.shape[0], -1)                                # a view
     if kv_type == "f16":
-        quantize_f16_rows(x2, out)
+        quantize_f16_rows(x2, out2)
     else:
         scales = np.empty((x2.shape[0], x2.shape[1] // QK), np.float32)
-        (quantize_q8_0_rows if kv_type == "q8_0" else quantize_q4_0_rows)(x2, out, scales)
-    return out.reshape(*x.shape[:-1], -1)
+        (quantize_q8_0_rows if kv_type == "q8_0" else quantize_q4_0_rows)(x2, out2, scales)
+    return out
 
 
 # ---- the cache ---------------------------------------------------------------------------------
@@ -314,15 +321,17 @@ class LayerKV:
             new[held % n_cells] = old[held % max(1, old.shape[0])]
             setattr(self, name, new)
 
-    def write(self, pos: int, k_rows: np.ndarray, v_rows: np.ndarray) -> None:
-        """Store encoded rows [T, n_head_kv, row_bytes] for positions pos..pos+T-1."""
-        T, n = k_rows.shape[0], self.n_cells
+    def write(self, pos: int, k: np.ndarray, v: np.ndarray, kv_type: str) -> None:
+        """Encode k [T, n_head_kv, head_dim_k], v [T, n_head_kv, head_dim_v] as kv_type into
+        the cells of positions pos..pos+T-1."""
+        T, n = k.shape[0], self.n_cells
         c0 = pos % n
-        if c0 + T <= n:
-            self.k[c0:c0 + T], self.v[c0:c0 + T] = k_rows, v_rows
+        if c0 + T <= n:                            # straight into the cells, no copy
+            quantize_rows(k, kv_type, out=self.k[c0:c0 + T])
+            quantize_rows(v, kv_type, out=self.v[c0:c0 + T])
         else:                                      # the batch wraps around the ring
             cells = np.arange(pos, pos + T) % n
-            self.k[cells], self.v[cells] = k_rows, v_rows
+            self.k[cells], self.v[cells] = quantize_rows(k, kv_type), quantize_rows(v, kv_type)
         self.n_stored = pos + T
         self.first = max(self.first, self.n_stored - n)
 
@@ -374,7 +383,7 @@ class KVCache:
                                    f"position {pos}; truncate() first and re-feed from what it returns")
             self._truncate_layer(L, pos)
         self._reserve(L, end, T)
-        L.write(pos, quantize_rows(k, self.kv_type), quantize_rows(v, self.kv_type))
+        L.write(pos, k, v, self.kv_type)
 
     def _reserve(self, L: LayerKV, end: int, T: int) -> None:
         """Make sure L can hold positions up to end-1 while a batch of T attends.
