@@ -282,8 +282,9 @@ def flash_kernel_serial(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split
 
 
 # Below this many multiply-adds of q.K (T x n_head x visible cells x Dk) attention runs on
-# one thread: ~40 us of work (SmolLM2: 9 heads x 64 over 227 cells), where waking the
-# other threads costs ~10 us and the n_head_kv items split unevenly over them.
+# one thread: ~40 us of work (SmolLM2: 9 heads x 64 over 227 cells), where an empty parallel
+# region costs ~10 us with 2 threads (measured on a busy 2-core machine; less when the other
+# core idles) and the n_head_kv items split unevenly over the threads anyway.
 SERIAL_BELOW_MACS = 128 * 1024
 
 
