@@ -8,7 +8,7 @@ import pytest
 
 from tinyllm import jit
 from tinyllm.attention import (attention, attention_classic, flash_attention, flash_attention_np,
-                               flash_kernel)
+                               flash_kernel, flash_kernel_serial)
 from tinyllm.kvcache import KVCache
 
 
@@ -82,6 +82,24 @@ def test_kv_splits_merge_to_the_same_result(window):
     ref = attention_classic(q, view, 999, 0.125, window)
     for out in outs:
         assert rel_err(out, ref) <= 1e-5
+
+
+@pytest.mark.skipif(not jit.HAVE_NUMBA, reason="the serial kernel is a numba-kernel detail")
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+@pytest.mark.parametrize("T,window", [(1, 0), (1, 300), (37, 0)])
+def test_serial_kernel_gives_the_parallel_kernels_bits(kv_type, T, window):
+    """flash_attention runs small work on one thread (flash_kernel_serial): for the same
+    splits it must give exactly the parallel kernel's numbers, or a decode step's logits
+    would depend on the context length at which attention stops being "small"."""
+    rng = np.random.default_rng(13)
+    cache, _, _ = filled_cache(rng, 1000, 3, 64, kv_type)
+    view = cache.view(0, 1000)
+    q = rng.standard_normal((T, 9, 64)).astype(np.float32)
+    for n_split in (1, 2, 5):
+        a, b = np.empty((T, 9, 64), np.float32), np.empty((T, 9, 64), np.float32)
+        flash_kernel(q, view.k, view.v, view.fmt, view.first, 1000 - T, 0.125, window, n_split, a)
+        flash_kernel_serial(q, view.k, view.v, view.fmt, view.first, 1000 - T, 0.125, window, n_split, b)
+        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "q4_0"])

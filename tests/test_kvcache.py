@@ -38,6 +38,25 @@ def test_quantize_matches_gguf_reference(kv_type):
     assert np.array_equal(quantize_rows(x, kv_type), ref)           # numba when available
 
 
+def test_f16_rows_match_numpy_cast():
+    """quantize_rows' f16 (numba when available) rounds as numpy's astype(float16): ties to
+    even, subnormals, overflow to inf, inf, nan; here on random bit patterns too, all but
+    the signaling nans (which arithmetic never makes, and the hardware would quiet)."""
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, 64 * 256, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32).copy()
+    signaling = np.isnan(x) & (bits & 0x00400000 == 0)
+    x[signaling] = np.nan
+    x[:16] = [0.0, -0.0, 65504, 65519.99, 65520, -1e6, np.inf, -np.inf, np.nan,
+              6e-8, 2.98e-8, 2.99e-8, -3e-5, 1 + 2**-11, 1 + 3 * 2**-11, 1e-40]
+    x[16:4096] = rng.standard_normal(4080).astype(np.float32) * np.float32(300)
+    x = x.reshape(64, 256)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(np.float16).view(np.uint8)
+    assert np.array_equal(quantize_rows_np(x, "f16"), want)
+    assert np.array_equal(quantize_rows(x, "f16"), want)           # numba when available
+
+
 @pytest.mark.parametrize("kv_type", ["q8_0", "q4_0"])
 def test_store_load_round_trip_matches_gguf_dequantize(kv_type):
     rng = np.random.default_rng(2)

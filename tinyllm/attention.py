@@ -36,7 +36,8 @@ from __future__ import annotations
 import numpy as np
 
 from .jit import FASTMATH, HAVE_NUMBA, get_threads, njit, prange
-from .kvcache import KVCache, KVView, dequantize_cells, quantize_q4_0_rows, quantize_q8_0_rows
+from .kvcache import (KVCache, KVView, dequantize_cells, quantize_f16_rows, quantize_q4_0_rows,
+                      quantize_q8_0_rows)
 
 TILE = 32          # KV cells per tile: K and V tiles of 32 x head_dim floats stay in L1
 BLOCK_Q = 16       # query rows a prefill work item takes: each K/V tile is dequantized once for them
@@ -230,6 +231,18 @@ def split_range(first, pos, t0, t1, window, s, n_split):
     return min(hi, lo + s * per * TILE), min(hi, lo + (s + 1) * per * TILE)
 
 
+@njit
+def flash_item(item, q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, m, l, o):
+    """Work item `item` of flash_kernel: (KV head g, block of BLOCK_Q query rows, KV split s)."""
+    T = q.shape[0]
+    n_qb = (T + BLOCK_Q - 1) // BLOCK_Q
+    g, qb, s = item // (n_qb * n_split), (item // n_split) % n_qb, item % n_split
+    t0 = qb * BLOCK_Q
+    t1 = min(T, t0 + BLOCK_Q)
+    c_lo, c_hi = split_range(first, pos, t0, t1, window, s, n_split)
+    attend_block(q, k_raw, v_raw, fmt, g, t0, t1, c_lo, c_hi, pos, scale, window, s, m, l, o)
+
+
 @njit(parallel=True)
 def flash_kernel(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
     """out [T, H, Dv] = attention of q [T, H, Dk] (positions pos..pos+T-1) over the cells of
@@ -240,29 +253,46 @@ def flash_kernel(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
     group x BLOCK_Q query rows; splitting the KV range keeps the cores busy in decode,
     where there are only n_head_kv items otherwise."""
     T, n_head = q.shape[0], q.shape[1]
-    n_head_kv = k_raw.shape[1]
-    dv = out.shape[2]
-    n_qb = (T + BLOCK_Q - 1) // BLOCK_Q
+    n_items = k_raw.shape[1] * ((T + BLOCK_Q - 1) // BLOCK_Q) * n_split
     m = np.empty((n_split, T, n_head), np.float32)
     l = np.empty((n_split, T, n_head), np.float32)
-    o = np.empty((n_split, T, n_head, dv), np.float32)
+    o = np.empty((n_split, T, n_head, out.shape[2]), np.float32)
     sc = np.float32(scale)
-    for item in prange(n_head_kv * n_qb * n_split):
-        g, qb, s = item // (n_qb * n_split), (item // n_split) % n_qb, item % n_split
-        t0 = qb * BLOCK_Q
-        t1 = min(T, t0 + BLOCK_Q)
-        c_lo, c_hi = split_range(first, pos, t0, t1, window, s, n_split)
-        attend_block(q, k_raw, v_raw, fmt, g, t0, t1, c_lo, c_hi, pos, sc, window,
-                     s, m, l, o)
+    for item in prange(n_items):
+        flash_item(item, q, k_raw, v_raw, fmt, first, pos, sc, window, n_split, m, l, o)
     for t in range(T):                  # cheap next to the above: one parallel region is enough
         merge_splits(m, l, o, t, out)
 
 
-def n_splits(T: int, n_head_kv: int, n_visible: int) -> int:
+@njit
+def flash_kernel_serial(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
+    """flash_kernel on the calling thread alone, item after item: the same items, splits and
+    merge, so the same numbers, without waking the other threads for a few microseconds
+    of work."""
+    T, n_head = q.shape[0], q.shape[1]
+    n_items = k_raw.shape[1] * ((T + BLOCK_Q - 1) // BLOCK_Q) * n_split
+    m = np.empty((n_split, T, n_head), np.float32)
+    l = np.empty((n_split, T, n_head), np.float32)
+    o = np.empty((n_split, T, n_head, out.shape[2]), np.float32)
+    sc = np.float32(scale)
+    for item in range(n_items):
+        flash_item(item, q, k_raw, v_raw, fmt, first, pos, sc, window, n_split, m, l, o)
+    for t in range(T):
+        merge_splits(m, l, o, t, out)
+
+
+# Below this many multiply-adds of q.K (T x n_head x visible cells x Dk) attention runs on
+# one thread: ~40 us of work (SmolLM2: 9 heads x 64 over 227 cells), where an empty parallel
+# region costs ~10 us with 2 threads (measured on a busy 2-core machine; less when the other
+# core idles) and the n_head_kv items split unevenly over the threads anyway.
+SERIAL_BELOW_MACS = 128 * 1024
+
+
+def n_splits(T: int, n_head_kv: int, n_visible: int, n_threads: int) -> int:
     """Decode has only n_head_kv work items, fewer than the cores when n_head_kv is 1-3:
     split the KV range too (Flash-Decoding), but keep each split at least 4 tiles long."""
     items = n_head_kv * -(-T // BLOCK_Q)
-    want = 4 * get_threads()
+    want = 4 * n_threads
     if items >= want:
         return 1
     return max(1, min(-(-want // items), n_visible // (4 * TILE)))
@@ -270,13 +300,18 @@ def n_splits(T: int, n_head_kv: int, n_visible: int) -> int:
 
 def flash_attention(q: np.ndarray, kv: KVView, pos: int, scale: float, window: int = 0) -> np.ndarray:
     """numba flash attention: q [T, H, Dk] -> [T, H, Dv]."""
-    T, n_head, _ = q.shape
-    n_head_kv = kv.n_head_kv
+    T, n_head, dk = q.shape
+    k, v = kv.k, kv.v
     n_visible = min(kv.n_kv - kv.first, window + T - 1 if window else kv.n_kv)
     out = np.empty((T, n_head, kv.head_dim_v), np.float32)
     q = np.ascontiguousarray(q, dtype=np.float32)
-    flash_kernel(q, kv.k, kv.v, kv.fmt, kv.first, pos, float(scale), window,
-                 n_splits(T, n_head_kv, n_visible), out)
+    n_threads = get_threads()
+    # The splits are chosen for the threads there are, whichever kernel runs: they decide
+    # the order of the sums, hence the last bits of the result.
+    n_split = n_splits(T, k.shape[1], n_visible, n_threads)
+    serial = n_threads == 1 or T * n_head * n_visible * dk < SERIAL_BELOW_MACS
+    (flash_kernel_serial if serial else flash_kernel)(
+        q, k, v, kv.fmt, kv.first, pos, float(scale), window, n_split, out)
     return out
 
 
@@ -284,16 +319,19 @@ def kernels() -> list:
     """The numba dispatchers warmup() compiles (for jit's warm-cache check)."""
     if not HAVE_NUMBA:
         return []
-    return [flash_kernel, quantize_q8_0_rows, quantize_q4_0_rows]
+    return [flash_kernel, flash_kernel_serial, quantize_f16_rows, quantize_q8_0_rows, quantize_q4_0_rows]
 
 
 def warmup() -> None:
-    """Compile (or load from numba's disk cache) the flash kernel and the KV quantizers, so
+    """Compile (or load from numba's disk cache) the flash kernels and the KV quantizers, so
     the first token does not wait ~10 s for them.  One compilation serves every KV type."""
     if not HAVE_NUMBA:
         return
     x = np.ones((2, 1, 32), np.float32)
-    for kv_type in ("q8_0", "q4_0"):
+    for kv_type in ("f16", "q8_0", "q4_0"):
         cache = KVCache(1, 1, 32, 32, 4, kv_type)
         cache.store(0, 0, x, x)
-    flash_attention(np.ones((2, 2, 32), np.float32), cache.view(0, 2), 0, 0.1)
+    q, view = np.ones((2, 2, 32), np.float32), cache.view(0, 2)
+    out = np.empty_like(q)
+    for kernel in (flash_kernel, flash_kernel_serial):     # flash_attention picks one a call
+        kernel(q, view.k, view.v, view.fmt, view.first, 0, 0.1, 0, 1, out)

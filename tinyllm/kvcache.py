@@ -106,6 +106,14 @@ if HAVE_NUMBA:
         def codegen(context, builder, signature, args):
             return builder.fpext(builder.bitcast(args[0], llvm_ir.HalfType()), llvm_ir.FloatType())
         return nb_types.float32(nb_types.uint16), codegen
+
+    @intrinsic
+    def f32_to_f16(typingctx, x):
+        """float32 -> uint16 bit pattern of the nearest f16 (ties to even; beyond 65504: inf),
+        F16C vcvtps2ph / ARMv8 fcvt: numpy's float32 -> float16 cast for every non-nan."""
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.IntType(16))
+        return nb_types.uint16(nb_types.float32), codegen
 else:
     def f16_to_f32(bits):
         return np.float32(np.array(bits, np.uint16).view(np.float16))
@@ -164,21 +172,40 @@ def dequantize_cells(raw, g, c0, n, fmt, out):
 
 
 # Quantizers run without fastmath: every rounding must be the reference's.
+@njit(inline="always")
+def put_f16(out, r, o, v):
+    """v as the little-endian f16 at out[r, o], out[r, o + 1]"""
+    bits = f32_to_f16(v)
+    out[r, o] = np.uint8(bits & 0xFF)
+    out[r, o + 1] = np.uint8(bits >> 8)
+
+
+@njit
+def quantize_f16_rows(x, out):
+    """x float32 [R, n] -> out uint8 [R, 2n]: numpy's astype(float16) (round to nearest
+    even, inf beyond 65504), bit for bit but for signaling nans, which arithmetic never
+    makes (the hardware quiets them)."""
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            put_f16(out, r, 2 * j, x[r, j])
+
+
 @njit
 def quantize_q8_0_rows(x, out, scales):
-    """x float32 [R, n] -> out uint8 [R, n/32*34] (the int8s; the f16 d bytes are left to
-    the caller) and scales float32 [R, n/32]: the activations' Q8_0 rounding, row by row."""
+    """x float32 [R, n] -> out uint8 [R, n/32*34] and scales float32 [R, n/32]: the
+    activations' Q8_0 rounding, row by row, d stored as f16 (ggml's FP32_TO_FP16)."""
     q = np.empty(x.shape[1], np.int8)
     for r in range(x.shape[0]):
         quantize_q8_0_block(x[r], q, scales[r])
         for b in range(x.shape[1] // QK):
+            put_f16(out, r, b * (2 + QK), scales[r, b])
             for j in range(QK):
                 out[r, b * (2 + QK) + 2 + j] = np.uint8(np.int32(q[b * QK + j]) & 0xFF)
 
 
 @njit
 def quantize_q4_0_rows(x, out, scales):
-    """x float32 [R, n] -> out uint8 [R, n/32*18] (the nibbles) and scales float32 [R, n/32]."""
+    """x float32 [R, n] -> out uint8 [R, n/32*18] and scales float32 [R, n/32]."""
     for r in range(x.shape[0]):
         for b in range(x.shape[1] // QK):
             amax, m = np.float32(0), np.float32(0)
@@ -193,21 +220,30 @@ def quantize_q4_0_rows(x, out, scales):
                 hi = min(15, np.int32(x[r, b * QK + QK // 2 + j] * inv + np.float32(8.5)))
                 out[r, b * (2 + QK // 2) + 2 + j] = np.uint8(lo | (hi << 4))
             scales[r, b] = d
+            put_f16(out, r, b * (2 + QK // 2), d)
 
 
-def quantize_rows(x: np.ndarray, kv_type: str) -> np.ndarray:
-    """float32 (..., n) -> uint8 (..., row_bytes): numba for the block formats when available."""
-    if not HAVE_NUMBA or kv_type in ("f32", "f16"):
-        return quantize_rows_np(x, kv_type)
+def quantize_rows(x: np.ndarray, kv_type: str, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 (..., n) -> uint8 (..., row_bytes), written into `out` (C-contiguous: the cache's
+    cells) when given.  numba for f16 and the block formats when available: a numpy call
+    costs microseconds however small the rows, and a decode step stores two a layer."""
+    if not HAVE_NUMBA or kv_type == "f32":
+        rows = quantize_rows_np(x, kv_type)
+        if out is None:
+            return rows
+        out[...] = rows
+        return out
     f = KV_FORMATS[kv_type]
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-    nb = x2.shape[1] // QK
-    out = np.empty((x2.shape[0], nb * f.type_size), np.uint8)
-    scales = np.empty((x2.shape[0], nb), np.float32)
-    (quantize_q8_0_rows if kv_type == "q8_0" else quantize_q4_0_rows)(x2, out, scales)
-    # d as f16, rounded to nearest even like ggml's FP32_TO_FP16
-    out.reshape(-1, f.type_size)[:, :2] = scales.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    return out.reshape(*x.shape[:-1], -1)
+    if out is None:
+        out = np.empty(x.shape[:-1] + (f.row_bytes(x.shape[-1]),), np.uint8)
+    out2 = out.reshape(x2.shape[0], -1)                                # a view
+    if kv_type == "f16":
+        quantize_f16_rows(x2, out2)
+    else:
+        scales = np.empty((x2.shape[0], x2.shape[1] // QK), np.float32)
+        (quantize_q8_0_rows if kv_type == "q8_0" else quantize_q4_0_rows)(x2, out2, scales)
+    return out
 
 
 # ---- the cache ---------------------------------------------------------------------------------
@@ -285,15 +321,17 @@ class LayerKV:
             new[held % n_cells] = old[held % max(1, old.shape[0])]
             setattr(self, name, new)
 
-    def write(self, pos: int, k_rows: np.ndarray, v_rows: np.ndarray) -> None:
-        """Store encoded rows [T, n_head_kv, row_bytes] for positions pos..pos+T-1."""
-        T, n = k_rows.shape[0], self.n_cells
+    def write(self, pos: int, k: np.ndarray, v: np.ndarray, kv_type: str) -> None:
+        """Encode k [T, n_head_kv, head_dim_k], v [T, n_head_kv, head_dim_v] as kv_type into
+        the cells of positions pos..pos+T-1."""
+        T, n = k.shape[0], self.n_cells
         c0 = pos % n
-        if c0 + T <= n:
-            self.k[c0:c0 + T], self.v[c0:c0 + T] = k_rows, v_rows
+        if c0 + T <= n:                            # straight into the cells, no copy
+            quantize_rows(k, kv_type, out=self.k[c0:c0 + T])
+            quantize_rows(v, kv_type, out=self.v[c0:c0 + T])
         else:                                      # the batch wraps around the ring
             cells = np.arange(pos, pos + T) % n
-            self.k[cells], self.v[cells] = k_rows, v_rows
+            self.k[cells], self.v[cells] = quantize_rows(k, kv_type), quantize_rows(v, kv_type)
         self.n_stored = pos + T
         self.first = max(self.first, self.n_stored - n)
 
@@ -345,7 +383,7 @@ class KVCache:
                                    f"position {pos}; truncate() first and re-feed from what it returns")
             self._truncate_layer(L, pos)
         self._reserve(L, end, T)
-        L.write(pos, quantize_rows(k, self.kv_type), quantize_rows(v, self.kv_type))
+        L.write(pos, k, v, self.kv_type)
 
     def _reserve(self, L: LayerKV, end: int, T: int) -> None:
         """Make sure L can hold positions up to end-1 while a batch of T attends.

@@ -287,7 +287,7 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         a = linear(a.reshape(T, H * cfg.head_dim_v), L.attn_output)  # [T, E]
         if L.post_attention_norm is not None:
             a = rms_norm(a, L.post_attention_norm, cfg.norm_eps)
-        x = x + a
+        x += a                                                         # [T, E], the residual stream
 
         # ---- feed-forward: x += W_down (act(W_gate h) * W_up h),  h = norm(x)
         h = rms_norm(x, L.ffn_norm, cfg.norm_eps)
@@ -302,7 +302,7 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
             linear(act, L.ffn_down, out=f[t0:t0 + FFN_TOKENS])  # [t, E]
         if L.post_ffw_norm is not None:
             f = rms_norm(f, L.post_ffw_norm, cfg.norm_eps)
-        x = x + f
+        x += f
 
     x = x if all_logits else x[-1:]
     x = rms_norm(x, w.output_norm, cfg.norm_eps)

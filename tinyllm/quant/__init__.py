@@ -92,12 +92,25 @@ class QTensor:
         self.shape = (self.n_rows, self.n_cols)
         self._w = f.weight_view(raw)     # what the numba kernels read (a view)
         self._serial = self.nbytes < SERIAL_BELOW_BYTES
+        self._matvecs = {}               # (numerics, decode) -> one-row kernel or None: matvec()
 
     def __repr__(self):
         return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"
 
     def dequantize(self) -> np.ndarray:
         return dequantize(self.raw, self.ggml_type)
+
+    def matvec(self, numerics: str, decode: bool):
+        """The kernel one row of x takes under `numerics` (None: the prefill path).  x is
+        rounded to 8 bits under "llama", and under "decode" in one-token steps over the
+        formats with int8 decode kernels.  Looked up once per (numerics, decode): a decode
+        step asks ~200 times."""
+        key = (numerics, decode)
+        if key not in self._matvecs:
+            rounded = numerics == "llama" or (numerics == "decode" and decode and self.fmt.int8_decode)
+            int8, plain = self.fmt.matvecs(numerics)
+            self._matvecs[key] = int8 if rounded else plain
+        return self._matvecs[key]
 
     def rows(self, ids) -> np.ndarray:
         """float32 (len(ids), n_cols): dequantize only the rows asked for (embedding lookup)."""
@@ -123,25 +136,23 @@ def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False,
     x is rounded to 8 bits first, as llama.cpp does, for int8 dot products."""
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
-    f = w.fmt
-    rounded = numerics == "llama" or (numerics == "decode" and decode and
-                                      f.ggml_type in INT8_DECODE_TYPES)
-    int8, plain = f.matvecs(numerics)
-    matvec = (int8 if rounded else plain) if x.size == w.n_cols else None
-    if matvec is not None and not w._serial:
-        # one row: straight to the fused kernel (saves ~5 us a call)
+    matvec = w.matvec(numerics, decode) if x.size == w.n_cols else None
+    if matvec is not None:           # one row: straight to the fused kernel (saves ~5 us a call)
         y = np.empty(x.shape[:-1] + (w.n_rows,), np.float32) if out is None else out
-        matvec(w._w, x.reshape(-1), y.reshape(-1), F16_TO_F32)
+        if w._serial:
+            call_serial(matvec, w._w, x.reshape(-1), y.reshape(-1), F16_TO_F32)
+        else:
+            matvec(w._w, x.reshape(-1), y.reshape(-1), F16_TO_F32)
         return y
+    f = w.fmt
+    rounded = numerics == "llama" or (numerics == "decode" and decode and f.int8_decode)
     shape = x.shape[:-1] + (w.n_rows,)
     x2 = x.reshape(-1, w.n_cols)                     # (T, n), a view
     if out is None:
         out = np.empty(shape, np.float32)
     y2 = out.reshape(x2.shape[0], w.n_rows)          # a view when out is contiguous
-    if f.prefill is None and matvec is None:         # no numba (or F32 prefill): numpy
+    if f.prefill is None:                            # no numba (or F32 prefill): numpy
         y2[:] = f.linear_np(w.raw, x2) if rounded else linear_exact_np(w, x2)
-    elif matvec is not None:
-        call_serial(matvec, w._w, x2[0], y2[0], F16_TO_F32)
     elif rounded and f.prefill_int8 is not None:     # T tokens, int8 dot products
         f.prefill_int8(w._w, x2, y2, F16_TO_F32)
     elif w._serial and x2.shape[0] == 1:
