@@ -282,20 +282,22 @@ def flash_kernel_serial(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split
 
 
 # Below this many multiply-adds of q.K (T x n_head x visible cells x Dk) attention runs on
-# one thread: ~40 us of work (SmolLM2: 9 heads x 64 over 227 cells), where an empty parallel
-# region costs ~10 us with 2 threads (measured on a busy 2-core machine; less when the other
-# core idles) and the n_head_kv items split unevenly over the threads anyway.
-SERIAL_BELOW_MACS = 128 * 1024
+# one thread, where an empty parallel region costs ~10 us with 2 threads (measured on a busy
+# 2-core machine; less when the other core idles).  At 64K (SmolLM2: 9 heads x 64 over 113
+# cells, ~20 us of work) two threads split into 2-tile pieces already win: at 130-200 cells
+# 22-32 us against 30-42 us on one thread (2-core Zen 3, decode, F16 cache).
+SERIAL_BELOW_MACS = 64 * 1024
 
 
 def n_splits(T: int, n_head_kv: int, n_visible: int, n_threads: int) -> int:
     """Decode has only n_head_kv work items, fewer than the cores when n_head_kv is 1-3:
-    split the KV range too (Flash-Decoding), but keep each split at least 4 tiles long."""
+    split the KV range too (Flash-Decoding), but keep each split at least 2 tiles long
+    (4 left SmolLM2's 3 KV heads unsplit up to 255 cells: one thread did two thirds)."""
     items = n_head_kv * -(-T // BLOCK_Q)
     want = 4 * n_threads
     if items >= want:
         return 1
-    return max(1, min(-(-want // items), n_visible // (4 * TILE)))
+    return max(1, min(-(-want // items), n_visible // (2 * TILE)))
 
 
 def flash_attention(q: np.ndarray, kv: KVView, pos: int, scale: float, window: int = 0) -> np.ndarray:
