@@ -243,15 +243,15 @@ def flash_item(item, q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, m
     attend_block(q, k_raw, v_raw, fmt, g, t0, t1, c_lo, c_hi, pos, scale, window, s, m, l, o)
 
 
-@njit(parallel=True)
-def flash_kernel(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
+@njit(inline="always")
+def flash_items(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
     """out [T, H, Dv] = attention of q [T, H, Dk] (positions pos..pos+T-1) over the cells of
     k_raw, v_raw [n_cells, Hkv, row_bytes] (format fmt) holding positions first..pos+T-1.
 
     Work items, spread over the threads: (KV head g, block of BLOCK_Q query rows, KV split).
     An item takes all the query heads of group g, so each dequantized K/V tile serves
     group x BLOCK_Q query rows; splitting the KV range keeps the cores busy in decode,
-    where there are only n_head_kv items otherwise."""
+    where there are only n_head_kv items otherwise.  Inlined into the two kernels below."""
     T, n_head = q.shape[0], q.shape[1]
     n_items = k_raw.shape[1] * ((T + BLOCK_Q - 1) // BLOCK_Q) * n_split
     m = np.empty((n_split, T, n_head), np.float32)
@@ -264,21 +264,18 @@ def flash_kernel(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
         merge_splits(m, l, o, t, out)
 
 
+@njit(parallel=True)
+def flash_kernel(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
+    """flash_items, the work items spread over the threads."""
+    flash_items(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out)
+
+
 @njit
 def flash_kernel_serial(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out):
-    """flash_kernel on the calling thread alone, item after item: the same items, splits and
+    """flash_items on the calling thread alone, item after item: the same items, splits and
     merge, so the same numbers, without waking the other threads for a few microseconds
     of work."""
-    T, n_head = q.shape[0], q.shape[1]
-    n_items = k_raw.shape[1] * ((T + BLOCK_Q - 1) // BLOCK_Q) * n_split
-    m = np.empty((n_split, T, n_head), np.float32)
-    l = np.empty((n_split, T, n_head), np.float32)
-    o = np.empty((n_split, T, n_head, out.shape[2]), np.float32)
-    sc = np.float32(scale)
-    for item in range(n_items):
-        flash_item(item, q, k_raw, v_raw, fmt, first, pos, sc, window, n_split, m, l, o)
-    for t in range(T):
-        merge_splits(m, l, o, t, out)
+    flash_items(q, k_raw, v_raw, fmt, first, pos, scale, window, n_split, out)
 
 
 # Below this many multiply-adds of q.K (T x n_head x visible cells x Dk) attention runs on
