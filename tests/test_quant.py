@@ -330,8 +330,9 @@ FORCED_PATHS = ["neon", "generic"] if platform.machine().lower() in ("aarch64", 
 def test_int8_kernels_equal_the_rounding_oracle(tmp_path, path):
     """matvec_int8 (decode) and prefill_int8 (T tokens; int8 dot products) against the
     numpy path that rounds x the way llama.cpp does, and against each other token by
-    token, for each format, with 4k+1..4k+3 rows (the tail), a 2048-wide row and T = 67
-    tokens (more than one slice of rows.TOKENS, and not a multiple of it).  The forced paths
+    token, for each format, with 4k+1..4k+3 rows (the tail), a 2304-wide row (two column
+    panels) and T = 67 tokens (more than one slice of rows.TOKENS, and a multiple of
+    neither it nor the four tokens of a step).  The forced paths
     run in a fresh process (TINYLLM_SIMD): on x86 "avx2" and "generic"; on aarch64 "neon"
     (the Pi 4's code) beside native (dotprod where the CPU has it: the Pi 5's).  The ARM
     CI job runs this under qemu with both CPU models."""
@@ -340,7 +341,8 @@ def test_int8_kernels_equal_the_rounding_oracle(tmp_path, path):
     names = [n for n in supported_types() if FORMATS[n].ggml_type in INT8_DECODE_TYPES]
     assert sorted(names) == sorted(["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K"])
     for i, name in enumerate(names):
-        n_rows, n_cols = 37 + i % 3, (2048 if i % 2 else 512)
+        # 2304 columns: more than one rows.PANEL, so the int8 prefill adds panels into y
+        n_rows, n_cols = 37 + i % 3, (2304 if i % 2 else 512)
         w = weights(name, n_rows, n_cols, rng)
         x = (rng.standard_normal((67, n_cols)) * 10.0 ** rng.uniform(-3, 2, (67, 1))).astype(np.float32)
         x[:, rng.integers(0, n_cols, 5)] *= 30               # outliers set the block scales

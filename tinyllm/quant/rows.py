@@ -250,8 +250,9 @@ def _unpack8(unpack_codes, w, r, P, S8, M8, lut):
 
 @njit(fastmath=FASTMATH, inline="never")
 def _dot8x4(P, S8, M8, xq, xd, xc, xs, t, y, r, tmp, b0, b1, run):
-    """y[t..t+3, r:r+8] += the 8 interleaved rows against four tokens (past the last token:
-    the last one again), over blocks b0..b1-1 (b0 == 0: y = rather than +=).  run: steps
+    """y[t..t+3, r:r+8] += the 8 interleaved rows against four tokens (past the last token
+    the last one is computed again and not written), over blocks b0..b1-1 (b0 == 0: y =
+    rather than +=).  run: steps
     summed in a pair accumulator before widening (simd.pairs_acc_x4), 1 or a block's."""
     T, n = xq.shape
     nb = xd.shape[1]
@@ -288,12 +289,12 @@ def _dot8x4(P, S8, M8, xq, xd, xc, xs, t, y, r, tmp, b0, b1, run):
     store_f32x8(tmp, 16, a2)
     store_f32x8(tmp, 24, a3)
     n_rows = min(ROWS8, y.shape[1] - r)
-    for j, tj in enumerate((t0, t1, t2, t3)):
+    for j in range(min(4, T - t)):         # the real tokens only: a repeated one would add twice
         for i in range(n_rows):
             if b0 == 0:
-                y[tj, r + i] = tmp[8 * j + i]
+                y[t + j, r + i] = tmp[8 * j + i]
             else:
-                y[tj, r + i] += tmp[8 * j + i]
+                y[t + j, r + i] += tmp[8 * j + i]
 
 
 @njit(inline="always")
