@@ -230,8 +230,9 @@ def prefill_rows(unpack_row, w, x, y, act, lut, aux):
 # broadcast to all lanes (simd.pairs_acc_x4: vpdpbusd, sdot) leaves row i's partial dot in
 # lane i: the 8 lanes are the 8 rows, so a block's scaling is one vector multiply-add for
 # all of them, and no lane sums are needed at the end.  The 8 rows are unpacked once into
-# P and serve all T tokens, four at a time (each load of P feeds four multiply-adds).  (Q8_0's codes are signed, which the u8 x s8 instructions cannot take
-# without tricks; it runs the decode dot4 per token instead: prefill_rows_dot4.)
+# P and serve all T tokens, four at a time (each load of P feeds four multiply-adds).
+# (Q8_0's codes are signed, which the u8 x s8 instructions cannot take without tricks;
+# it runs the decode dot4 per token instead: prefill_rows_dot4.)
 # On wide rows (ffn_down: 8960 columns) the 8 rows' codes (72 KiB) leave L1 and all
 # tokens' x (1.1 MiB at T = 128) leave L2, so the columns go a PANEL at a time: the
 # panel's codes (16 KiB) stay in L1 and the tokens' x for it (256 KiB) in L2, and each
@@ -252,8 +253,8 @@ def _unpack8(unpack_codes, w, r, P, S8, M8, lut):
 def _dot8x4(P, S8, M8, xq, xd, xc, xs, t, y, r, tmp, b0, b1, run):
     """y[t..t+3, r:r+8] += the 8 interleaved rows against four tokens (past the last token
     the last one is computed again and not written), over blocks b0..b1-1 (b0 == 0: y =
-    rather than +=).  run: steps
-    summed in a pair accumulator before widening (simd.pairs_acc_x4), 1 or a block's."""
+    rather than +=).  run: the steps summed in a pair accumulator before widening
+    (simd.pairs_acc_x4); it divides a block's steps."""
     T, n = xq.shape
     nb = xd.shape[1]
     per = n // nb // 4                     # 4-byte steps per block (8, or 4 for BK = 16)
