@@ -107,9 +107,8 @@ class QTensor:
         step asks ~200 times."""
         key = (numerics, decode)
         if key not in self._matvecs:
-            rounded = numerics == "llama" or (numerics == "decode" and decode and self.fmt.int8_decode)
             int8, plain = self.fmt.matvecs(numerics)
-            self._matvecs[key] = int8 if rounded else plain
+            self._matvecs[key] = int8 if rounds_x(numerics, decode, self.fmt) else plain
         return self._matvecs[key]
 
     def rows(self, ids) -> np.ndarray:
@@ -118,6 +117,12 @@ class QTensor:
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_rows):
             raise IndexError(f"row id out of range 0..{self.n_rows - 1}")
         return dequantize(self.raw[ids], self.ggml_type)
+
+
+def rounds_x(numerics: str, decode: bool, f: QuantFormat) -> bool:
+    """Whether x is rounded to 8 bits before the products: always under "llama", and under
+    "decode" in one-token steps over the formats with int8 decode kernels."""
+    return numerics == "llama" or (numerics == "decode" and decode and bool(f.int8_decode))
 
 
 def linear_exact_np(w: QTensor, x: np.ndarray) -> np.ndarray:
@@ -145,7 +150,7 @@ def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False,
             matvec(w._w, x.reshape(-1), y.reshape(-1), F16_TO_F32)
         return y
     f = w.fmt
-    rounded = numerics == "llama" or (numerics == "decode" and decode and f.int8_decode)
+    rounded = rounds_x(numerics, decode, f)
     shape = x.shape[:-1] + (w.n_rows,)
     x2 = x.reshape(-1, w.n_cols)                     # (T, n), a view
     if out is None:
