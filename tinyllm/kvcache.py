@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import TinyLLMError
 from .ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
-from .jit import FASTMATH, HAVE_NUMBA, njit
+from .jit import FASTMATH, HAVE_NUMBA, f16_to_f32, f32_to_f16, njit
 from .quant import dequantize
 from .quant.activations import quantize_q8_0 as quantize_q8_0_block
 from .quant.q4 import quantize_q4_0
@@ -92,33 +92,6 @@ def dequantize_rows_np(raw: np.ndarray, kv_type: str) -> np.ndarray:
 
 
 # ---- numba: the same, one row at a time ------------------------------------------------------
-if HAVE_NUMBA:
-    # numba has no float16 type, but LLVM does: reinterpret the 16 bits as a half and
-    # widen it, one hardware instruction (F16C vcvtph2ps on x86, fcvt on ARMv8), which
-    # also vectorizes.  Exact for every value, subnormals, inf and nan included.
-    from llvmlite import ir as llvm_ir
-    from numba.core import types as nb_types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def f16_to_f32(typingctx, bits):
-        """uint16 bit pattern of an f16 -> float32."""
-        def codegen(context, builder, signature, args):
-            return builder.fpext(builder.bitcast(args[0], llvm_ir.HalfType()), llvm_ir.FloatType())
-        return nb_types.float32(nb_types.uint16), codegen
-
-    @intrinsic
-    def f32_to_f16(typingctx, x):
-        """float32 -> uint16 bit pattern of the nearest f16 (ties to even; beyond 65504: inf),
-        F16C vcvtps2ph / ARMv8 fcvt: numpy's float32 -> float16 cast for every non-nan."""
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.IntType(16))
-        return nb_types.uint16(nb_types.float32), codegen
-else:
-    def f16_to_f32(bits):
-        return np.float32(np.array(bits, np.uint16).view(np.float16))
-
-
 @njit(fastmath=FASTMATH)
 def dequantize_cells(raw, g, c0, n, fmt, out):
     """Rows of KV head g at positions c0..c0+n-1 (cells (c0 + i) % n_cells) -> float32 out[:n].

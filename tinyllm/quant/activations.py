@@ -61,10 +61,7 @@ import math
 
 import numpy as np
 
-from ..jit import HAVE_NUMBA, njit
-
-if HAVE_NUMBA:
-    from .simd import through_f16
+from ..jit import f16_to_f32, f32_to_f16, njit
 
 QK = 32     # block of Q8_0 / Q8_1
 QK_K = 256  # super-block of Q8_K and the k-quants
@@ -142,7 +139,7 @@ def round_to_f16(v):
     """The float32 nearest to v that is exactly representable as an IEEE half
     (ties to even, overflow to inf): what storing v in an f16 field does.  One
     conversion each way (x86 F16C vcvtps2ph/vcvtph2ps, aarch64 fcvt)."""
-    return through_f16(v)
+    return f16_to_f32(f32_to_f16(v))
 
 
 @njit(inline="always")

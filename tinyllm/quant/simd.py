@@ -109,13 +109,6 @@ if jit.HAVE_NUMBA:
         return f32x8(w, types.intp, lut), codegen
 
     @intrinsic
-    def through_f16(typingctx, v):
-        """v stored as an IEEE half and read back: round to nearest even, inf beyond 65504"""
-        def codegen(context, builder, sig, args):
-            return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), F32)
-        return types.float32(types.float32), codegen
-
-    @intrinsic
     def splat(typingctx, v):
         """v in all 8 lanes"""
         def codegen(context, builder, sig, args):
