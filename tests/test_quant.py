@@ -27,7 +27,7 @@ from gguf import GGMLQuantizationType, quants
 from tinyllm import jit
 from tinyllm.errors import TinyLLMError
 from tinyllm.gguf_file import GGUFFile
-from tinyllm.quant import FORMATS, INT8_DECODE_TYPES, QTensor, dequantize, linear, supported_types
+from tinyllm.quant import FORMATS, INT8_DECODE_TYPES, QTensor, dequantize, linear, linears, supported_types
 from tinyllm.quant import activations as act
 from tinyllm.quant.common import F16_TO_F32
 
@@ -254,6 +254,34 @@ def test_linear_matches_references(name):
         assert rel_err(same_rounding, exact) < tol
 
 
+@pytest.mark.parametrize("numerics", ["llama", "exact"])
+def test_linears_stack_matrices_into_one_call_with_the_same_numbers(numerics):
+    """linears(x, A, B, C) in a decode step runs neighbours of one format together, up to
+    three per kernel call (rows.matvec_rows), and must give each matrix exactly what
+    linear() gives it alone: row counts with every tail (4k+1..4k+3, and fewer rows than
+    four), four matrices of one format (three stacked, then one), and a format change in
+    the middle (the groups split there).  T tokens take one matmul each, as linear()."""
+    rng = np.random.default_rng(11)
+    for name in ["Q4_1", "Q4_K", "Q8_0", "F32", "Q3_K"]:
+        f = FORMATS[name]
+        n_cols = 512 if f.block_size == 256 else 160
+        ws = [QTensor(weights(name, n, n_cols, rng), f.ggml_type, n_cols) for n in (37, 2, 6, 9)]
+        other = QTensor(weights("Q8_0" if name != "Q8_0" else "Q4_0", 5, n_cols, rng),
+                        FORMATS["Q8_0" if name != "Q8_0" else "Q4_0"].ggml_type, n_cols)
+        x = rng.standard_normal((1, n_cols)).astype(np.float32)
+        for group in (ws, [ws[0], other, ws[1], ws[2]], ws[1:2]):
+            got = linears(x, *group, decode=True, numerics=numerics)
+            want = [linear(x, w, decode=True, numerics=numerics) for w in group]
+            assert [g.shape for g in got] == [w.shape for w in want], name
+            assert all(np.array_equal(g, w) for g, w in zip(got, want)), name
+        if ws[0].matvec(numerics, True) is not None:      # the four: one call of three, one alone
+            plan = ws[0]._plans[(tuple(ws), numerics, True)]
+            assert [len(cuts) for _, _, _, cuts, _ in plan] == [3, 1], name
+        xT = rng.standard_normal((3, n_cols)).astype(np.float32)
+        for g, w in zip(linears(xT, *ws, numerics=numerics), ws):
+            assert np.array_equal(g, linear(xT, w, numerics=numerics)), name
+
+
 def test_linear_on_real_layers(models):
     """One matrix of every type in the two models, decode and prefill."""
     rng = np.random.default_rng(3)
@@ -295,7 +323,7 @@ for label, name, raw_path, n_cols, x_path in json.loads(sys.argv[1]):
     ref = f.linear_np(w.raw, x)
     steps = np.full((x.shape[0], w.n_rows), np.nan, np.float32)
     for t in range(x.shape[0]):                           # decode, token by token
-        f.matvec_int8(w._w, x[t], steps[t], F16_TO_F32)
+        f.matvec_int8(w._w, w._none, w._none, x[t], steps[t], F16_TO_F32)
     y = np.full((x.shape[0], w.n_rows), np.nan, np.float32)
     f.prefill_int8(w._w, x, y, F16_TO_F32)                # all T tokens at once
     out[label] = {"decode": err(steps, ref), "prefill": err(y, ref), "prefill_vs_decode": err(y, steps)}

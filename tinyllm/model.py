@@ -27,7 +27,7 @@ from .gguf_file import GGUFFile
 from .kvcache import KVCache
 from .ops import gelu_tanh, rms_norm, rope, rope_cache, silu
 from .quant import NUMERICS, QTensor
-from .quant import linear as _linear
+from .quant import linear as _linear, linears as _linears
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 # forward() runs the feed-forward block on at most this many tokens at a time: its
@@ -253,6 +253,9 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
     def linear(x, w, out=None):    # y = x W^T, under this call's numerics (T == 1: a decode step)
         return _linear(x, w, out, decode=T == 1, numerics=numerics)
 
+    def linears(x, *ws):           # [x W^T for W in ws]: in a decode step one pass for them all
+        return _linears(x, *ws, decode=T == 1, numerics=numerics)
+
     H, Hkv, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
     positions = np.arange(pos, pos + T)
     rope_global = rope_cache(positions, cfg.rope_dim, cfg.rope_freq_base, w.rope_freqs, cfg.rope_freq_scale)
@@ -269,9 +272,7 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
 
         # ---- attention: x += Wo . attention(rope(Wq h), rope(Wk h), Wv h),  h = norm(x)
         h = rms_norm(x, L.attn_norm, cfg.norm_eps)                     # [T, E]
-        q = linear(h, L.attn_q)                                # [T, H*D]
-        k = linear(h, L.attn_k)                                # [T, Hkv*D]
-        v = linear(h, L.attn_v)                                # [T, Hkv*Dv]
+        q, k, v = linears(h, L.attn_q, L.attn_k, L.attn_v)     # [T, H*D], [T, Hkv*D], [T, Hkv*Dv]
         del h                                   # freed before attention allocates: a lower peak
         if L.attn_q_bias is not None:
             q, k, v = q + L.attn_q_bias, k + L.attn_k_bias, v + L.attn_v_bias
@@ -294,8 +295,7 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         f = np.empty_like(x)                                           # [T, E]
         for t0 in range(0, T, FFN_TOKENS):        # [T, F] is a prefill's largest scratch: a slice at a time
             hs = h[t0:t0 + FFN_TOKENS]
-            gate = linear(hs, L.ffn_gate)                    # [t, F]
-            up = linear(hs, L.ffn_up)                        # [t, F]
+            gate, up = linears(hs, L.ffn_gate, L.ffn_up)     # [t, F] each
             act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
             del gate
             act *= up                                                  # [t, F], in place

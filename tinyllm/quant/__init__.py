@@ -91,8 +91,10 @@ class QTensor:
         self.nbytes = raw.nbytes
         self.shape = (self.n_rows, self.n_cols)
         self._w = f.weight_view(raw)     # what the numba kernels read (a view)
+        self._none = self._w[:0]         # "no matrix" in a matvec's W1/W2 slots, of _w's type
         self._serial = self.nbytes < SERIAL_BELOW_BYTES
         self._matvecs = {}               # (numerics, decode) -> one-row kernel or None: matvec()
+        self._plans = {}                 # how linears() runs this and its neighbours, by call
 
     def __repr__(self):
         return f"QTensor({self.type_name}, {self.n_rows}x{self.n_cols})"
@@ -145,9 +147,9 @@ def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False,
     if matvec is not None:           # one row: straight to the fused kernel (saves ~5 us a call)
         y = np.empty(x.shape[:-1] + (w.n_rows,), np.float32) if out is None else out
         if w._serial:
-            call_serial(matvec, w._w, x.reshape(-1), y.reshape(-1), F16_TO_F32)
+            call_serial(matvec, w._w, w._none, w._none, x.reshape(-1), y.reshape(-1), F16_TO_F32)
         else:
-            matvec(w._w, x.reshape(-1), y.reshape(-1), F16_TO_F32)
+            matvec(w._w, w._none, w._none, x.reshape(-1), y.reshape(-1), F16_TO_F32)
         return y
     f = w.fmt
     rounded = rounds_x(numerics, decode, f)
@@ -167,4 +169,53 @@ def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False,
     return out
 
 
-__all__ = ["QTensor", "linear", "dequantize", "supported_types", "FORMATS", "NUMERICS"]
+def linears(x: np.ndarray, *ws: QTensor, decode: bool = False, numerics: str = "llama") -> list:
+    """[x @ W^T for W in ws]: several matrices that multiply the same x (a layer's q, k, v;
+    its gate and up).  In a one-token step, neighbours in ws that take the same kernel
+    (same format and width) go through it together, up to three at a time, into one
+    output whose slices are returned (rows.matvec_rows: one parallel region, not one each)."""
+    if x.size != ws[0].n_cols:                       # T tokens: one matmul each
+        return [linear(x, w, decode=decode, numerics=numerics) for w in ws]
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    plan = ws[0]._plans.get((ws, numerics, decode))
+    if plan is None:
+        plan = ws[0]._plans[(ws, numerics, decode)] = _stack_plan(ws, numerics, decode)
+    ys, xr = [], x.reshape(-1)
+    for matvec, args, n_rows, cuts, serial in plan:
+        if matvec is None:                           # no one-row kernel: linear's other paths
+            ys.append(linear(x, args[0], decode=decode, numerics=numerics))
+            continue
+        y = np.empty(n_rows, np.float32)
+        if serial:
+            call_serial(matvec, *args, xr, y, F16_TO_F32)
+        else:
+            matvec(*args, xr, y, F16_TO_F32)
+        ys.extend(y[a:b].reshape(x.shape[:-1] + (b - a,)) for a, b in cuts)
+    return ys
+
+
+def _stack_plan(ws, numerics, decode) -> list:
+    """How linears() runs ws in a one-token step: a list of (kernel, its three weight
+    arguments, rows out, each matrix's slice of them, serial?); kernel None: linear()."""
+    plan, i = [], 0
+    while i < len(ws):
+        matvec, j = ws[i].matvec(numerics, decode), i + 1
+        while (matvec is not None and j < len(ws) and j - i < 3 and ws[j].n_cols == ws[i].n_cols
+               and ws[j].matvec(numerics, decode) is matvec):
+            j += 1
+        group = ws[i:j]
+        if matvec is None:
+            plan.append((None, group, 0, (), False))
+        else:
+            args = [w._w for w in group] + [group[0]._none] * (3 - len(group))
+            cuts, r = [], 0
+            for w in group:
+                cuts.append((r, r + w.n_rows))
+                r += w.n_rows
+            plan.append((matvec, args, r, cuts, sum(w.nbytes for w in group) < SERIAL_BELOW_BYTES))
+        i = j
+    return plan
+
+
+__all__ = ["QTensor", "linear", "linears", "dequantize", "supported_types", "FORMATS", "NUMERICS"]

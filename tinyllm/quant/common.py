@@ -127,10 +127,11 @@ class QuantFormat:
     aux: a constant table the kernels need (IQ4's levels, BF16's values).
     The kernels (numba; None where the format has none, or without numba):
       prefill(w, x (T, n), y (T, R), act_kind, lut, aux)   any T
-      matvec_int8(w, x (n,), y (R,), lut)   x rounded to 8 bits, int8 dot products (decode)
+      matvec_int8(w0, w1, w2, x (n,), y (R,), lut)   x rounded to 8 bits, int8 dot products
+                                            (decode), y = [W0; W1; W2] x (rows.matvec_rows)
       prefill_int8(w, x (T, n), y (T, R), lut)   the same for T tokens (numerics "llama":
                                             rows.prefill_rows_int8)
-      matvec_float(w, x (n,), y (R,), lut)  x as it is (decode with numerics="exact"; F32)
+      matvec_float(w0, w1, w2, x (n,), y (R,), lut)  x as it is (decode with numerics="exact"; F32)
     """
 
     def __init__(self, name, act, dequantize_blocks, linear_np, unpack_row=None, mins=None,
@@ -189,7 +190,7 @@ class QuantFormat:
             elif k is self.prefill_int8:
                 k(w, np.zeros((2, n_cols), np.float32), np.zeros((2, 2), np.float32), F16_TO_F32)
             else:
-                k(w, np.zeros(n_cols, np.float32), np.zeros(2, np.float32), F16_TO_F32)
+                k(w, w[:0], w[:0], np.zeros(n_cols, np.float32), np.zeros(2, np.float32), F16_TO_F32)
 
     def __repr__(self):
         return f"QuantFormat({self.name})"

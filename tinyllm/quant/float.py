@@ -40,13 +40,19 @@ def dot_f32(row, x):
 
 
 @njit(parallel=True)
-def matvec_f32(w, x, y, lut):
-    """y (R,) = W (R, n) . x (n,), w: the F32 rows.  A decode step on numba's threads:
-    through numpy, BLAS brings a second pool of threads to the same cores, and with
-    numba's pool still spinning after the step's other kernels, SmolLM2 F32 decoded at
-    3.8 tok/s.  (The signature is every matvec's; lut is unused.)"""
-    for r in prange(w.shape[0]):
-        y[r] = dot_f32(w[r], x)
+def matvec_f32(w0, w1, w2, x, y, lut):
+    """y (R0+R1+R2,) = [W0; W1; W2] (R, n) . x (n,), the F32 rows.  A decode step on numba's
+    threads: through numpy, BLAS brings a second pool of threads to the same cores, and
+    with numba's pool still spinning after the step's other kernels, SmolLM2 F32 decoded
+    at 3.8 tok/s.  (The signature is every matvec's, rows.matvec_rows; lut is unused.)"""
+    r1, r2 = w0.shape[0], w0.shape[0] + w1.shape[0]
+    for r in prange(r2 + w2.shape[0]):
+        if r < r1:
+            y[r] = dot_f32(w0[r], x)
+        elif r < r2:
+            y[r] = dot_f32(w1[r - r1], x)
+        else:
+            y[r] = dot_f32(w2[r - r2], x)
 
 
 # ---- F16 ---------------------------------------------------------------------------------------

@@ -496,8 +496,8 @@ def prefill_q6_K(w, x, y, act, lut, aux):
 
 
 @njit(parallel=True)
-def matvec_int8_q4_K(w, x, y, lut):
-    matvec_rows(dot4_int8_q4_K, x_q4_K, w, x, y, lut)
+def matvec_int8_q4_K(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_int8_q4_K, x_q4_K, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)
@@ -506,13 +506,13 @@ def prefill_int8_q4_K(w, x, y, lut):
 
 
 @njit(parallel=True)
-def matvec_float_q4_K(w, x, y, lut):
-    matvec_rows(dot4_float_q4_K, x_with_sums, w, x, y, lut)
+def matvec_float_q4_K(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_float_q4_K, x_with_sums, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)
-def matvec_int8_q6_K(w, x, y, lut):
-    matvec_rows(dot4_int8_q6_K, x_q6_K, w, x, y, lut)
+def matvec_int8_q6_K(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_int8_q6_K, x_q6_K, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)
@@ -521,8 +521,8 @@ def prefill_int8_q6_K(w, x, y, lut):
 
 
 @njit(parallel=True)
-def matvec_float_q6_K(w, x, y, lut):
-    matvec_rows(dot4_float_q6_K, x_with_sums, w, x, y, lut)
+def matvec_float_q6_K(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_float_q6_K, x_with_sums, w0, w1, w2, x, y, lut)
 
 
 def _format(name, unpack, unpack_row, prefill, int8=(None, None), matvec_float=None):

@@ -259,8 +259,8 @@ def prefill_q4_0(w, x, y, act, lut, aux):
 
 
 @njit(parallel=True)
-def matvec_int8_q4_0(w, x, y, lut):
-    matvec_rows(dot4_int8_q4_0, x_q4_0, w, x, y, lut)
+def matvec_int8_q4_0(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_int8_q4_0, x_q4_0, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)
@@ -269,8 +269,8 @@ def prefill_int8_q4_0(w, x, y, lut):
 
 
 @njit(parallel=True)
-def matvec_float_q4_0(w, x, y, lut):
-    matvec_rows(dot4_float_q4_0, x_with_sums, w, x, y, lut)
+def matvec_float_q4_0(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_float_q4_0, x_with_sums, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)
@@ -279,8 +279,8 @@ def prefill_q4_1(w, x, y, act, lut, aux):
 
 
 @njit(parallel=True)
-def matvec_int8_q4_1(w, x, y, lut):
-    matvec_rows(dot4_int8_q4_1, x_q8_1, w, x, y, lut)
+def matvec_int8_q4_1(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_int8_q4_1, x_q8_1, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)
@@ -289,8 +289,8 @@ def prefill_int8_q4_1(w, x, y, lut):
 
 
 @njit(parallel=True)
-def matvec_float_q4_1(w, x, y, lut):
-    matvec_rows(dot4_float_q4_1, x_with_sums, w, x, y, lut)
+def matvec_float_q4_1(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_float_q4_1, x_with_sums, w0, w1, w2, x, y, lut)
 
 
 FORMATS = [

@@ -176,8 +176,8 @@ def prefill_q5_0(w, x, y, act, lut, aux):
 
 
 @njit(parallel=True)
-def matvec_int8_q5_0(w, x, y, lut):
-    matvec_rows(dot4_int8_q5_0, x_q5_0, w, x, y, lut)
+def matvec_int8_q5_0(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_int8_q5_0, x_q5_0, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)
@@ -186,8 +186,8 @@ def prefill_int8_q5_0(w, x, y, lut):
 
 
 @njit(parallel=True)
-def matvec_float_q5_0(w, x, y, lut):
-    matvec_rows(dot4_float_q5_0, x_with_sums, w, x, y, lut)
+def matvec_float_q5_0(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_float_q5_0, x_with_sums, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)

@@ -105,8 +105,8 @@ def prefill(w, x, y, act, lut, aux):
 
 
 @njit(parallel=True)
-def matvec_int8(w, x, y, lut):
-    matvec_rows(dot4_int8, x_q8_0, w, x, y, lut)
+def matvec_int8(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_int8, x_q8_0, w0, w1, w2, x, y, lut)
 
 
 @njit(parallel=True)
@@ -115,8 +115,8 @@ def prefill_int8(w, x, y, lut):
 
 
 @njit(parallel=True)
-def matvec_float(w, x, y, lut):
-    matvec_rows(dot4_float, x_with_sums, w, x, y, lut)
+def matvec_float(w0, w1, w2, x, y, lut):
+    matvec_rows(dot4_float, x_with_sums, w0, w1, w2, x, y, lut)
 
 
 FORMATS = [QuantFormat("Q8_0", "q8_0", dequantize_blocks, linear_np, unpack_row, prefill=prefill,
