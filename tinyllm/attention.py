@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import FASTMATH, HAVE_NUMBA, f32_from_bits, get_threads, njit, prange
+from .jit import FASTMATH, HAVE_NUMBA, get_threads, njit, prange
 from .kvcache import (KVCache, KVView, dequantize_cells, quantize_f16_rows, quantize_q4_0_rows,
                       quantize_q8_0_rows)
+from .ops import expf
 
 TILE = 32          # KV cells per tile: K and V tiles of 32 x head_dim floats stay in L1
 BLOCK_Q = 16       # query rows a prefill work item takes: each K/V tile is dequantized once for them
@@ -128,27 +129,6 @@ def flash_attention_np(q: np.ndarray, kv: KVView, pos: int, scale: float, window
 # The kernels index whole arrays instead of slicing rows out of them: a slice bumps the
 # array's reference count, an atomic op the threads would fight over in the inner loops.
 
-# exp of the scores, 8 lanes at a time.  numba calls libm's expf one value at a time
-# (5.4 ns each here: at 2,000 cells a third of a decode step's attention); written as
-# plain arithmetic, LLVM vectorizes it (0.6 ns):
-#     e^x = 2^k e^r,   k = round(x / ln 2),   r = x - k ln 2   (|r| <= ln2 / 2)
-# with k ln 2 taken in two parts (Cody & Waite: k times the short high part is exact),
-# e^r by its Taylor series to r^7 (the first term left out, r^8 / 8! < 5.3e-9, is below
-# float32's resolution near 1), and 2^k written straight into a float's exponent bits.
-# Within 1.0e-7 relative of e^x (tests/test_attention.py).  For x <= 0 only (a score
-# minus the running max), clamped at -87, where e^x ~ 1.6e-38 stands in for 0 next to
-# the max's e^0 = 1 in the same sum.
-@njit(inline="always", fastmath=FASTMATH)
-def exp_le0(x):
-    x = max(x, np.float32(-87.0))
-    k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))   # x / ln 2, rounded
-    r = (x - k * np.float32(0.693359375)) + k * np.float32(2.12194440e-4)   # ln 2 = hi + lo
-    f = np.float32
-    p = f(1) + r * (f(1) + r * (f(1 / 2) + r * (f(1 / 6) + r * (f(1 / 24) + r * (
-        f(1 / 120) + r * (f(1 / 720) + r * f(1 / 5040)))))))                   # e^r, Horner
-    return p * f32_from_bits((np.int32(k) + np.int32(127)) << 23)          # * 2^k
-
-
 @njit(fastmath=FASTMATH)
 def online_softmax_step(q, r0, r1, k, v, a, b, scale, m, l, o, s):
     """Fold tile rows a..b-1 into query rows r0..r1-1 (the heads of one query position,
@@ -170,7 +150,7 @@ def online_softmax_step(q, r0, r1, k, v, a, b, scale, m, l, o, s):
         total = l[r] * alpha
         p = sr[a:b]            # indexed from 0: a loop from a, which might be negative for all
         for i in range(p.shape[0]):         # LLVM knows, wraps indices and is left scalar
-            p[i] = exp_le0(p[i] - m_new)
+            p[i] = expf(p[i] - m_new)    # ops.expf: vectorized
             total += p[i]
         m[r], l[r] = m_new, total
         # O = O * alpha + ...
