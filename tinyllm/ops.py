@@ -6,8 +6,9 @@ These are cheap next to the matmuls, so plain numpy is fast enough and easiest t
 read -- except that a numpy call costs microseconds however small its array is, and
 decoding one token runs rms_norm and rope about sixty times each.  Those two have a
 numba twin that computes the same numbers (tests/test_ops.py); the numpy version is
-the reference, and what runs without numba.  silu has one too, on expf below: numpy's
-exp makes three passes over a prompt's [T, n_ff] gate (4 % of a 1.5B model's prefill).
+the reference, and what runs without numba.  So do the gate activations, on expf below:
+numpy makes 4 (silu) or 9 (gelu) passes over a prompt's [T, n_ff] gate (silu was 4 % of
+a 1.5B model's prefill).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def silu(x: np.ndarray) -> np.ndarray:
     return y
 
 
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
+def gelu_tanh_np(x: np.ndarray) -> np.ndarray:
     """GELU with the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Gemma's GeGLU gate."""
     y = np.square(x)
     y *= np.float32(0.044715)
@@ -114,6 +115,26 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     y += 1.0
     y *= x
     y *= np.float32(0.5)
+    return y
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _gelu_tanh_flat(x, out):
+    """x, out (n,): gelu_tanh_np element by element, on expf.  With u = sqrt(2/pi) (x +
+    0.044715 x^3),  0.5 (1 + tanh u) = 1 / (1 + e^-2u),  so the gate is x / (1 + e^-2u)."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        u = np.float32(0.7978845608028654) * (v + np.float32(0.044715) * v * v * v)
+        out[i] = v / (np.float32(1) + expf(np.float32(-2) * u))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """gelu_tanh_np, through the numba twin when numba is there."""
+    if not HAVE_NUMBA:
+        return gelu_tanh_np(x)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty_like(x)
+    _gelu_tanh_flat(x.reshape(-1), y.reshape(-1))
     return y
 
 
@@ -227,7 +248,7 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
 
 def kernels() -> list:
     """The numba dispatchers warmup() loads (for the start-up's warm-cache check)."""
-    return [_top_k, _rms_norm_rows, _rope_rows, _silu_flat] if HAVE_NUMBA else []
+    return [_top_k, _rms_norm_rows, _rope_rows, _silu_flat, _gelu_tanh_flat] if HAVE_NUMBA else []
 
 
 def warmup() -> None:
@@ -240,3 +261,4 @@ def warmup() -> None:
         cos, sin = rope_cache(np.arange(1), 4, 10000.0)
         rope(x, cos, sin, True)
         silu(x)
+        gelu_tanh(x)
