@@ -124,6 +124,8 @@ ARM_TESTS = {
     "test_numba_kernel_matches_numpy_reference",             # flash attention, every KV type
     "test_row_layouts_and_numba_numpy_agreement",
     "test_rms_norm_matches_numpy", "test_rope_matches_numpy", "test_top_k_matches_numpy",
+    "test_expf_is_within_a_float32_ulp", "test_silu_matches_numpy", "test_gelu_tanh_matches_numpy",
+    "test_linears_stack_matrices_into_one_call_with_the_same_numbers",   # decode, 3 matrices a call
     # SmolLM2 and Gemma 3 against llama.cpp's logits and greedy tokens
     "test_prompt_ids_match_llama_cpp",
     "test_final_logits_match_llama_cpp",

@@ -18,6 +18,7 @@ import numpy as np
 from ..jit import njit
 from .activations import QK, QK_K, linear_q8_0_act, linear_q8_K_act
 from .common import QuantFormat, f16_at, f16_field, nibbles, row_chunks
+from .q4 import unpack_row_4bit     # the same blocks as Q4_0, other levels
 from .rows import prefill_rows
 
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
@@ -71,21 +72,6 @@ def linear_iq4_xs(raw, x):
 
 # ---- prefill: one row -> float32 weights (rows.prefill_rows); aux = KVALUES ------------------------
 @njit(inline="never")
-def unpack_row_iq4_nl(row, wf, gm, lut, aux):
-    """wf (n,) = d * KVALUES[q]."""
-    nb = row.shape[0] // SIZE_NL
-    half = wf.shape[0] // nb // 2       # 16, known only at run time (see rows.py)
-    for b in range(nb):
-        o = b * SIZE_NL
-        d = f16_at(row, o, lut)
-        x0 = b * 2 * half
-        for k in range(half):
-            v = row[o + 2 + k]
-            wf[x0 + k] = d * aux[v & 15]
-            wf[x0 + half + k] = d * aux[v >> 4]
-
-
-@njit(inline="never")
 def unpack_row_iq4_xs(row, wf, gm, lut, aux):
     """wf (n,) = (d * (scale_j - 32)) * KVALUES[q]."""
     nB = row.shape[0] // SIZE_XS
@@ -107,7 +93,7 @@ def unpack_row_iq4_xs(row, wf, gm, lut, aux):
 # ---- the kernels (decode takes them too: no one-row kernels of their own) ----------------------
 @njit(parallel=True)
 def prefill_iq4_nl(w, x, y, act, lut, aux):
-    prefill_rows(unpack_row_iq4_nl, w, x, y, act, lut, aux)
+    prefill_rows(unpack_row_4bit, w, x, y, act, lut, aux)
 
 
 @njit(parallel=True)
@@ -116,7 +102,7 @@ def prefill_iq4_xs(w, x, y, act, lut, aux):
 
 
 FORMATS = [
-    QuantFormat("IQ4_NL", "q8_0", dequantize_iq4_nl, linear_iq4_nl, unpack_row_iq4_nl, aux=KVALUES,
+    QuantFormat("IQ4_NL", "q8_0", dequantize_iq4_nl, linear_iq4_nl, unpack_row_4bit, aux=KVALUES,
                 prefill=prefill_iq4_nl),
     QuantFormat("IQ4_XS", "q8_K", dequantize_iq4_xs, linear_iq4_xs, unpack_row_iq4_xs, aux=KVALUES,
                 prefill=prefill_iq4_xs),

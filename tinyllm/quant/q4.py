@@ -80,8 +80,9 @@ def linear_q4_1(raw, x):
 
 # ---- prefill: one row -> float32 weights (rows.prefill_rows) ------------------------------------
 @njit(inline="never")
-def unpack_row_q4_0(row, wf, gm, lut, aux):
-    """wf (n,) = d * (q - 8)."""
+def unpack_row_4bit(row, wf, gm, lut, aux):
+    """wf (n,) = d * aux[q] for blocks d f16 | qs[16] of 4-bit codes: Q4_0 with aux = q - 8
+    (Q4_0_LEVELS), IQ4_NL with its non-linear levels (iq4.KVALUES)."""
     nb = row.shape[0] // SIZE_Q4_0
     half = wf.shape[0] // nb // 2       # 16, known only at run time (see rows.py)
     for b in range(nb):
@@ -89,9 +90,12 @@ def unpack_row_q4_0(row, wf, gm, lut, aux):
         d = f16_at(row, o, lut)
         x0 = b * 2 * half
         for k in range(half):
-            v = np.int32(row[o + 2 + k])
-            wf[x0 + k] = np.float32(np.int32(v & 15) - np.int32(8)) * d
-            wf[x0 + half + k] = np.float32(np.int32(v >> 4) - np.int32(8)) * d
+            v = row[o + 2 + k]
+            wf[x0 + k] = d * aux[v & 15]
+            wf[x0 + half + k] = d * aux[v >> 4]
+
+
+Q4_0_LEVELS = np.arange(-8, 8, dtype=np.float32)     # Q4_0's code q stands for q - 8
 
 
 @njit(inline="never")
@@ -255,7 +259,7 @@ def xT_q4_1(x):
 
 @njit(parallel=True)
 def prefill_q4_0(w, x, y, act, lut, aux):
-    prefill_rows(unpack_row_q4_0, w, x, y, act, lut, aux)
+    prefill_rows(unpack_row_4bit, w, x, y, act, lut, aux)
 
 
 @njit(parallel=True)
@@ -294,8 +298,8 @@ def matvec_float_q4_1(w0, w1, w2, x, y, lut):
 
 
 FORMATS = [
-    QuantFormat("Q4_0", "q8_0", dequantize_q4_0, linear_q4_0, unpack_row_q4_0, prefill=prefill_q4_0,
-                matvec_int8=matvec_int8_q4_0, matvec_float=matvec_float_q4_0,
+    QuantFormat("Q4_0", "q8_0", dequantize_q4_0, linear_q4_0, unpack_row_4bit, aux=Q4_0_LEVELS,
+                prefill=prefill_q4_0, matvec_int8=matvec_int8_q4_0, matvec_float=matvec_float_q4_0,
                 prefill_int8=prefill_int8_q4_0),
     QuantFormat("Q4_1", "q8_1", dequantize_q4_1, linear_q4_1, unpack_row_q4_1, mins="q8_1",
                 prefill=prefill_q4_1, matvec_int8=matvec_int8_q4_1, matvec_float=matvec_float_q4_1,
