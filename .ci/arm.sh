@@ -210,6 +210,10 @@ run_arm64() {
     compare_run "arm64 ($cpu)" "$out"
     stage "arm64 ($cpu) pytest" inroot "$root" "$wheels" "$(numba_dir "$cpu")" QEMU_CPU="$cpu" \
         TINYLLM_CI_EXPECT_SIMD="${EXPECT_SIMD[$cpu]}" -- python -m pytest -q -p no:cacheprovider "${ARM64_PYTEST[@]}"
+}
+
+run_arm64_cpus() {  # the int8 kernels again as the other CPUs (a Pi 4), in the root run_arm64 made
+    local root wheels cpu; root=$(root_dir arm64 "$ARM64_DEBS"); wheels=$(wheels_dir)
     for cpu in "${ARM64_CPUS[@]:1}"; do
         stage "arm64 ($cpu) pytest" inroot "$root" "$wheels" "$(numba_dir "$cpu")" QEMU_CPU="$cpu" \
             TINYLLM_CI_EXPECT_SIMD="${EXPECT_SIMD[$cpu]}" -- python -m pytest -q -p no:cacheprovider "${ARM64_CPU_PYTEST[@]}"
@@ -242,14 +246,24 @@ prepare() {  # what needs nothing from the x86 run: roots, wheels, venvs, both a
     return $rc
 }
 
-run_tests() {  # both arches side by side (2 cores), each into its own log, shown when done
+run_tests() {  # both arches side by side (2 cores), each into its own log, shown when done.
+    # armhf (numpy, a few minutes) is followed on its core by the Pi 4 run of the int8 tests,
+    # which then overlaps aarch64's long first compile (cold: 13 of its 43 minutes).  The
+    # roots must be prepared (prepare: .ci/run and `all` do it first).
     setup_host
     stage "x86 tinyllm run" x86_reference
     local rc=0 a b
     run_arm64 > "$CACHE/arm64.log" 2>&1 & a=$!
-    run_armhf > "$CACHE/armhf.log" 2>&1 & b=$!
+    {   # each in a job of its own: inside an `||` list bash would ignore set -e in the function
+        r=0
+        run_armhf > "$CACHE/armhf.log" 2>&1 & h=$!
+        wait $h || r=1
+        run_arm64_cpus > "$CACHE/arm64-cpus.log" 2>&1 & c=$!
+        wait $c || r=1
+        exit $r
+    } & b=$!
     wait $a || rc=1; cat "$CACHE/arm64.log"
-    wait $b || rc=1; cat "$CACHE/armhf.log"
+    wait $b || rc=1; cat "$CACHE/armhf.log" "$CACHE/arm64-cpus.log"
     [ $rc = 0 ] && log "ARM job passed" || log "ARM job FAILED"
     return $rc
 }
@@ -268,7 +282,7 @@ case "${1:-all}" in
     prepare) prepare ;;
     test) run_tests ;;
     all) prepare && run_tests ;;
-    arm64) setup_host; x86_reference >/dev/null; run_arm64 ;;
+    arm64) setup_host; x86_reference >/dev/null; run_arm64; run_arm64_cpus ;;
     armhf) setup_host; x86_reference >/dev/null; run_armhf ;;
     exec)  # exec arm64|armhf CMD...: a command in a prepared root, e.g. tinyllm bench
         a=$2; shift 2
