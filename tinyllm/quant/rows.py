@@ -85,8 +85,8 @@ def rows_of_group(dot4, w, g, xr, y, y0, lut):
 # One call takes up to three matrices that multiply the same x (a layer's q, k and v; its
 # gate and up): y = [W0; W1; W2] x, their rows' groups spread over the threads together.
 # Waking the threads costs ~4 us a parallel region, as much as SmolLM2's attn_k takes to
-# read, so one region for the three saves most of two (measured on SmolLM2, 2 threads:
-# q, k, v 29 -> 19 us; gate, up 60 -> 46 us).  A single matrix passes W1 and W2 empty.
+# read, so one region for the three saves most of two (SmolLM2, 2 threads, the kernels
+# alone: q, k, v 29 -> 19 us; gate, up 60 -> 46 us).  A single matrix passes W1, W2 empty.
 @njit(inline="always")
 def matvec_rows(dot4, prepare, w0, w1, w2, x, y, lut):
     """y (R0+R1+R2,) = [W0; W1; W2] (R, row_bytes) . x (n,).  prepare(x) -> xr, what the
