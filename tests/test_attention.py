@@ -1,6 +1,10 @@
 """Attention: flash (numba and numpy) against classic, rings against full caches, and the
 real SmolLM2 with different KV cache types."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +104,51 @@ def test_serial_kernel_gives_the_parallel_kernels_bits(kv_type, T, window):
         flash_kernel(q, view.k, view.v, view.fmt, view.first, 1000 - T, 0.125, window, n_split, a)
         flash_kernel_serial(q, view.k, view.v, view.fmt, view.first, 1000 - T, 0.125, window, n_split, b)
         assert np.array_equal(a, b)
+
+
+# One process compiles the flash kernels, a second loads them from numba's disk cache:
+# both must compute the same bits (run by test_a_cold_and_a_warm_start_attend_alike).
+COLD_WARM_SCRIPT = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, "tests")
+from test_attention import filled_cache
+from tinyllm.attention import flash_kernel, flash_kernel_serial
+out = {}
+for kv_type in ("f16", "q8_0"):
+    rng = np.random.default_rng(5)
+    cache, _, _ = filled_cache(rng, 700, 3, 64, kv_type)
+    view = cache.view(0, 700)
+    for T, window, n_split in ((140, 0, 1), (1, 0, 3), (1, 300, 2)):
+        q = (rng.standard_normal((T, 9, 64)) * 2).astype(np.float32)
+        for name, kernel in (("parallel", flash_kernel), ("serial", flash_kernel_serial)):
+            y = np.empty((T, 9, 64), np.float32)
+            kernel(q, view.k, view.v, view.fmt, view.first, 700 - T, 0.125, window, n_split, y)
+            out[f"{kv_type} T={T} window={window} {name}"] = y.tobytes().hex()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not jit.HAVE_NUMBA, reason="numba's disk cache")
+def test_a_cold_and_a_warm_start_attend_alike(tmp_path):
+    """The first run after an install compiles the kernels; later runs load them from the
+    disk cache.  Both must give the same numbers, or a chat's first answer would differ from
+    the same chat's answer the next day.  (They did not while online_softmax_step was a
+    separate numba function: with reassociation allowed, its copy compiled on its own and
+    its copy inside the cached kernel summed in different orders; SmolLM2's logits moved by
+    up to 1.0 between a cold and a warm start with 8-bit activations.)"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    root = Path(__file__).resolve().parent.parent
+    runs = []
+    for start in ("cold", "warm"):
+        res = subprocess.run([sys.executable, "-c", COLD_WARM_SCRIPT], env=env, cwd=root,
+                             capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr
+        runs.append(json.loads(res.stdout))
+    assert any((tmp_path / "numba").rglob("*.nbi")), "nothing was cached: the second run was cold too"
+    cold, warm = runs
+    assert cold.keys() == warm.keys()
+    assert [k for k in cold if cold[k] != warm[k]] == []
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "q4_0"])

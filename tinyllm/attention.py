@@ -129,7 +129,12 @@ def flash_attention_np(q: np.ndarray, kv: KVView, pos: int, scale: float, window
 # The kernels index whole arrays instead of slicing rows out of them: a slice bumps the
 # array's reference count, an atomic op the threads would fight over in the inner loops.
 
-@njit(fastmath=FASTMATH)
+# Inlined (numba IR), so that one compiled copy of it exists: as a separate function
+# numba compiled it twice, on its own and again inside each kernel, and with reassociation
+# allowed the two copies summed in different orders -- the process that compiled the
+# kernels ran one, a process loading them from the disk cache the other, and a chat's
+# answer changed between the first run after an install and the next.
+@njit(fastmath=FASTMATH, inline="always")
 def online_softmax_step(q, r0, r1, k, v, a, b, scale, m, l, o, s):
     """Fold tile rows a..b-1 into query rows r0..r1-1 (the heads of one query position,
     which see the same keys).  q [n_rows, Dk]; k [TILE, Dk], v [TILE, Dv] the tile;
