@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from . import heap
 from .errors import TinyLLMError
 
 
@@ -25,25 +26,6 @@ def peak_rss_mib() -> float:
     from .memory import measured
     m = measured()
     return (m.peak_rss if m.peak_rss is not None else m.rss) / 2**20
-
-
-def fix_malloc_mmap_threshold(nbytes: int = 256 * 1024) -> None:
-    """Make glibc's malloc give every block of 256 KiB or more its own mmap, returned
-    to the OS on free.
-
-    By default glibc raises that threshold each time a large block is freed (up to
-    32 MiB), after which a prefill's [T, n_ff] temporaries are carved from the heap
-    and stay in RSS after they are freed: measured +18 MiB on SmolLM2 after one
-    512-token prefill.  Setting the threshold once turns the adjustment off.
-    No-op outside glibc.
-    """
-    import ctypes
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    M_MMAP_THRESHOLD = -3
-    mallopt(M_MMAP_THRESHOLD, int(nbytes))
 
 
 # ---- loading ---------------------------------------------------------------------------
@@ -382,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    fix_malloc_mmap_threshold()
+    heap.configure()                # scratch reused within a forward, given back after it
     try:
         if getattr(args, "threads", None) is not None:
             check_threads(args.threads)

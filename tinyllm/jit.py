@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import platform
 
+from . import heap
+
 
 def _cache_key() -> str:
     """A short hash of what the machine code depends on beyond a kernel's own file:
@@ -203,7 +205,7 @@ def release_compiler_pages() -> int:
     a Raspberry Pi with 1 GB that is RAM for the conversation.
 
     Only mappings with no private (copy-on-write) pages are touched: dropping those
-    would lose data.  Also returns freed heap to the OS (glibc malloc_trim).
+    would lose data.  Also returns freed heap to the OS (heap.trim).
     Linux only; elsewhere a no-op.  Returns the bytes released from RSS.
     """
     if not HAVE_NUMBA or not os.path.exists("/proc/self/smaps"):
@@ -220,9 +222,7 @@ def release_compiler_pages() -> int:
     for start, end, rss, anonymous in _library_mappings("libllvmlite"):
         if anonymous == 0 and rss > 0 and madvise(start, end - start, MADV_DONTNEED) == 0:
             released += rss
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+    heap.trim()
     return released
 
 

@@ -182,9 +182,10 @@ def scratch_bytes(shape, n_batch: int, n_ctx: int, flash_attn: bool, all_logits:
                   fa_tile: int = KV_CHUNK, n_kv: int | None = None) -> dict:
     """Activation buffers (all float32) for one forward call over T = n_batch tokens.
 
-    They live only during the call: with malloc's threshold fixed (cli.py) every
-    buffer this size is its own mapping, returned to the OS when freed.  So they add
-    to the *peak* resident memory, not to what stays resident between calls.
+    They live only during the call: they come from malloc's heap, reused layer to
+    layer, and Model.forward gives the free heap back at the end of the call
+    (heap.py).  So they add to the *peak* resident memory, not to what stays
+    resident between calls.
 
         x       [T, E]             residual stream
         xb      [T, max(E, H*Dv)]  normed input, then the concatenated attention heads

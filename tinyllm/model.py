@@ -21,6 +21,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 
+from . import heap
 from .attention import attention
 from .errors import TinyLLMError
 from .gguf_file import GGUFFile
@@ -234,9 +235,13 @@ class Model:
         self.cache.truncate(0)
 
     def forward(self, tokens, pos: int, all_logits: bool = False, numerics: str | None = None) -> np.ndarray:
-        """numerics: this call's, else the model's (quant/__init__.py)."""
-        return forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits,
-                       numerics or self.numerics)
+        """numerics: this call's, else the model's (quant/__init__.py).  A call of more
+        than one token gives its scratch back to the OS at the end (heap.py)."""
+        logits = forward(self.cfg, self.weights, self.cache, tokens, pos, all_logits,
+                         numerics or self.numerics)
+        if len(tokens) > 1:
+            heap.trim()
+        return logits
 
 
 def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
