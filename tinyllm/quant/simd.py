@@ -1,4 +1,4 @@
-"""Eight-lane vectors for the int8 decode kernels (decode_q8.py), as numba intrinsics.
+"""Eight-lane vectors for the int8 kernels (the formats' dot4s, rows._dot8x4), as numba intrinsics.
 
 Why this module exists: a one-token matvec over 4-bit weights is a race against
 memory bandwidth, and winning it needs the inner loop llama.cpp has -- per block of
@@ -8,7 +8,7 @@ per-block sums kept as 8 int32 lanes, scaled and accumulated into 8 float lanes 
 live in a register across the whole row.  Plain numba cannot say that: it types
 integer products as int64, and LLVM vectorizes the wrong loop once accumulators
 outlive a block.  Measured on one Zen 4 core, Q4_0 out of cache: 6.5 GB/s as plain
-numba (decode.py), 14.5 GB/s with these intrinsics (decode_q8.py); Q6_K 4.6 -> 19.
+numba, 14.5 GB/s with these intrinsics; Q6_K 4.6 -> 19.
 
 Each function below is a few LLVM instructions emitted straight into the calling
 kernel; the vector values never touch memory.  The types:
