@@ -319,8 +319,9 @@ def prefill_rows_int8(unpack_codes, prepare, code_bits, w, x, y, lut):
     """y (T, R) = x (T, n) @ W^T with int8 dot products.  prepare(x) -> x_blocks' groups of
     four tokens (xq (G, 4n) int8, xd (G, 4 nb) the x scale per block, xc (G, 4 nb) int32
     -c sum q_x, xs (G, 4 nm) the offsets' x terms); unpack_codes(row, P4, i, S8, M8, lut)
-    writes one row's codes (< 2**code_bits) as row i of the 8 interleaved (P4: P as uint32, 4 codes each), its
-    block scales and offsets as lane i of S8, M8.  Inlined into each format's kernel."""
+    writes one row's codes (< 2**code_bits) as row i of the 8 interleaved (P4: P as
+    uint32, 4 codes each), its block scales and offsets as lane i of S8, M8.  Inlined into
+    each format's kernel."""
     xq, xd, xc, xs = prepare(x)
     # AVX2 sums up to 32767 // (2 * 128 * max_code) steps' products as int16 pairs before
     # widening them (simd.pairs_acc_x4): 8 for 4-bit codes (a whole block), 4 for 5-bit;
@@ -341,7 +342,8 @@ def prefill_rows_int8(unpack_codes, prepare, code_bits, w, x, y, lut):
             for b0 in range(0, nb, per_panel):     # a panel of columns at a time (see above)
                 b1 = min(nb, b0 + per_panel)
                 for u in range(xq.shape[0]):       # a group of four tokens at a time
-                    _dot8x4(P, S8, M8, xq[u], xd[u], xc[u], xs[u], 4 * u, y, ROWS8 * g, tmp, b0, b1, run)
+                    _dot8x4(P, S8, M8, xq[u], xd[u], xc[u], xs[u], 4 * u, y, ROWS8 * g, tmp,
+                            b0, b1, run)
 
 
 @njit(parallel=True)
@@ -349,7 +351,8 @@ def x_blocks(x, kind, bk, c):
     """x (T, n) rounded for prefill_rows_int8, in groups of four tokens (G = ceil(T/4), the
     last token repeated to fill the last group), interleaved the way _dot8x4 reads them:
 
-        xq (G, 4n) int8     xq[g, 16 k + 4 j + m] = q_x[4 g + j, 4 k + m]   (4 bytes of each token in turn)
+        xq (G, 4n) int8     xq[g, 16 k + 4 j + m] = q_x[4 g + j, 4 k + m]: 4 bytes of each
+                            token in turn
         xd, xc (G, 4 nb)    [g, 4 b + j]: token 4g+j's scale of block b (blocks of bk), -c sum q_x
         xs (G, 4 nm)        [g, 4 b + j]: ACT_Q8_1's f16 s per 32, or for ACT_Q8_K with c == 0
                             (the Q4_K mins) d_x times the sum of q_x per 32; else nm = 0
