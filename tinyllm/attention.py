@@ -40,6 +40,9 @@ from .kvcache import (KVCache, KVView, dequantize_cells, quantize_f16_rows, quan
                       quantize_q8_0_rows)
 from .ops import expf
 
+if HAVE_NUMBA:
+    from .quant.simd import fmadd, load_f32x8, splat, store_f32x8
+
 TILE = 32          # KV cells per tile: K and V tiles of 32 x head_dim floats stay in L1
 BLOCK_Q = 16       # query rows a prefill work item takes: each K/V tile is dequantized once for them
 
@@ -161,12 +164,28 @@ def online_softmax_step(q, r0, r1, k, v, a, b, scale, m, l, o, s):
         # O = O * alpha + ...
         for d in range(o.shape[1]):
             o[r, d] *= alpha
-    # ... + P V   (each value row is read once for all the heads)
-    for i in range(a, b):
-        for r in range(r0, r1):
-            p = s[r - r0, i]
-            for d in range(o.shape[1]):
-                o[r, d] += p * v[i, d]
+    # ... + P V, 32 columns of a row's O at a time held in four 8-lane registers across
+    # the tile's cells: as a plain loop O went through memory, a load and a store for every
+    # multiply-add (v is dense: v[i, d] is v's flat element i * Dv + d)
+    dv = o.shape[1]
+    wide = dv - dv % 32
+    for r in range(r0, r1):
+        sr = s[r - r0]
+        for d0 in range(0, wide, 32):
+            f = r * dv + d0
+            o0, o1 = load_f32x8(o, f), load_f32x8(o, f + 8)
+            o2, o3 = load_f32x8(o, f + 16), load_f32x8(o, f + 24)
+            for i in range(a, b):
+                p, e = splat(sr[i]), i * dv + d0
+                o0, o1 = fmadd(o0, load_f32x8(v, e), p), fmadd(o1, load_f32x8(v, e + 8), p)
+                o2, o3 = fmadd(o2, load_f32x8(v, e + 16), p), fmadd(o3, load_f32x8(v, e + 24), p)
+            store_f32x8(o, f, o0)
+            store_f32x8(o, f + 8, o1)
+            store_f32x8(o, f + 16, o2)
+            store_f32x8(o, f + 24, o3)
+        for d in range(wide, dv):                  # head sizes that are not a multiple of 32
+            for i in range(a, b):
+                o[r, d] += sr[i] * v[i, d]
 
 
 @njit(fastmath=FASTMATH)

@@ -1,4 +1,5 @@
-"""Eight-lane vectors for the int8 kernels (the formats' dot4s, rows._dot8x4), as numba intrinsics.
+"""Eight-lane vectors, as numba intrinsics: for the int8 kernels (the formats' dot4s,
+rows._dot8x4), and the float ones for flash attention's P V (attention.py).
 
 Why this module exists: a one-token matvec over 4-bit weights is a race against
 memory bandwidth, and winning it needs the inner loop llama.cpp has -- per block of
