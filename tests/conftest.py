@@ -126,6 +126,7 @@ ARM_TESTS = {
     "test_activation_quantizers_numba_equal_numpy",
     "test_round_to_f16_matches_numpy",
     "test_numba_kernel_matches_numpy_reference",             # flash attention, every KV type
+    "test_f16_and_f32_round_trip_including_specials",        # the tile reader's F16 vectors
     "test_row_layouts_and_numba_numpy_agreement",
     "test_rms_norm_matches_numpy", "test_rope_matches_numpy", "test_top_k_matches_numpy",
     "test_expf_is_within_a_float32_ulp", "test_silu_matches_numpy", "test_gelu_tanh_matches_numpy",

@@ -34,9 +34,10 @@ def filled_cache(rng, n_kv, n_head_kv, head_dim, kv_type="f32", window=None, bat
     return cache, k, v
 
 
-CASES = [  # n_head, n_head_kv, head_dim: GQA ratios 1, 2, 3, 4; head sizes 64, 256, and 80
-    # (not a multiple of 32: the flash kernel's P V goes 32 columns at a time, then the rest)
-    (4, 4, 64), (9, 3, 64), (8, 2, 256), (4, 1, 256), (4, 2, 80)]
+CASES = [  # n_head, n_head_kv, head_dim: GQA ratios 1, 2, 3, 4; head sizes 64, 256, and 80 and
+    # 36 (the flash kernel's P V goes 64 columns at a time, then one at a time; its scores go 8
+    # dimensions at a time, and one at a time where the head size is not a multiple of 8)
+    (4, 4, 64), (9, 3, 64), (8, 2, 256), (4, 1, 256), (4, 2, 80), (4, 2, 36)]
 
 
 @pytest.mark.parametrize("n_head,n_head_kv,head_dim", CASES)

@@ -78,20 +78,21 @@ def test_store_load_round_trip_matches_gguf_dequantize(kv_type):
         assert np.array_equal(out, want_k[13:33, g])
 
 
-def test_f16_and_f32_round_trip_including_specials():
+@pytest.mark.parametrize("dim", [64, 36])       # 36: the tile reader's 8 at a time, then the rest
+def test_f16_and_f32_round_trip_including_specials(dim):
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((8, 2, 64)).astype(np.float32)
+    x = rng.standard_normal((8, 2, dim)).astype(np.float32)
     x[0, 0, :6] = [np.inf, -np.inf, np.nan, 3e-6, -7e-8, 70000.0]   # f16 subnormals, overflow
     x[1, 1, :3] = [0.0, -0.0, 65504.0]
     with np.errstate(over="ignore"):                                 # 70000 -> inf, as ggml
         as_f16 = x.astype(np.float16).astype(np.float32)
     for kv_type, want in (("f32", x), ("f16", as_f16)):
-        cache = KVCache(1, 2, 64, 64, 16, kv_type)
+        cache = KVCache(1, 2, dim, dim, 16, kv_type)
         cache.store(0, 0, x, x)
         view = cache.view(0, 8)
         assert np.array_equal(view.keys(), want, equal_nan=True)
         for g in range(2):
-            out = np.empty((8, 64), np.float32)
+            out = np.empty((8, dim), np.float32)
             dequantize_cells(view.v, g, 0, 8, view.fmt, out)
             assert np.array_equal(out.view(np.uint32), want[:, g].view(np.uint32))   # bit for bit
 

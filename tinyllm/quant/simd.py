@@ -1,5 +1,6 @@
 """Eight-lane vectors, as numba intrinsics: for the int8 kernels (the formats' dot4s,
-rows._dot8x4), and the float ones for flash attention's P V (attention.py).
+rows._dot8x4), and the float ones for flash attention's scores and P V (attention.py)
+and the KV cache's tile reader (kvcache.dequantize_cells).
 
 Why this module exists: a one-token matvec over 4-bit weights is a race against
 memory bandwidth, and winning it needs the inner loop llama.cpp has -- per block of
@@ -96,6 +97,14 @@ if jit.HAVE_NUMBA:
         def codegen(context, builder, sig, args):
             return builder.fpext(_load(context, builder, sig.args[0], args[0], args[1], ir.HalfType()), F32)
         return types.float32(w, types.intp), codegen
+
+    @intrinsic
+    def f16x8_at(typingctx, w, o):
+        """the 8 IEEE halves at bytes w[o : o+16] as float32 lanes (F16C vcvtph2ps / aarch64 fcvtl)"""
+        def codegen(context, builder, sig, args):
+            halves = _load(context, builder, sig.args[0], args[0], args[1], _v(ir.HalfType(), 8))
+            return builder.fpext(halves, f32x8.lltype)
+        return f32x8(w, types.intp), codegen
 
     @intrinsic
     def f16_splat(typingctx, w, o, lut):
