@@ -129,7 +129,7 @@ ARM_TESTS = {
     "test_f16_and_f32_round_trip_including_specials",        # the tile reader's F16 vectors
     "test_row_layouts_and_numba_numpy_agreement",
     "test_rms_norm_matches_numpy", "test_rope_matches_numpy", "test_top_k_matches_numpy",
-    "test_expf_is_within_a_float32_ulp", "test_silu_matches_numpy", "test_gelu_tanh_matches_numpy",
+    "test_expf_is_within_a_float32_ulp", "test_swiglu_matches_numpy", "test_geglu_matches_numpy",
     "test_linears_stack_matrices_into_one_call_with_the_same_numbers",   # decode, 3 matrices a call
     # SmolLM2 and Gemma 3 against llama.cpp's logits and greedy tokens
     "test_prompt_ids_match_llama_cpp",

@@ -1,4 +1,4 @@
-"""The numba twins of rms_norm, rope, silu and gelu_tanh compute what their numpy references compute,
+"""The numba twins of rms_norm, rope, swiglu and geglu compute what their numpy references compute,
 and expf (attention's and silu's vectorizable exp) is within a float32 ulp of e^x."""
 
 import numpy as np
@@ -31,36 +31,40 @@ def test_expf_is_within_a_float32_ulp():
 
 
 @pytest.mark.parametrize("shape", [(1, 1536), (128, 8960), (3, 4, 64)])
-def test_silu_matches_numpy(shape):
-    """x / (1 + e^-x) over gates from -100 to 100: within 2e-7 relative of float64 (numpy's
-    own float32 is within 2.2e-7), so within 4e-7 of numpy's; at -100, e^100 is past
-    expf's clamp: -6e-37 where numpy, overflowing to inf, gives -0."""
+def test_swiglu_matches_numpy(shape):
+    """silu(gate) * up = gate / (1 + e^-gate) * up over gates from -100 to 100: within
+    3e-7 relative of float64 (silu within 2e-7, one more rounding for the product; numpy's
+    own float32 is within 2.2e-7 + 1.2e-7), so within 6e-7 of numpy's; at -100, e^100 is
+    past expf's clamp: -6e-37 up (|up| < 6 here) where numpy, overflowing to inf, gives -0."""
     rng = np.random.default_rng(sum(shape))
     x = (rng.standard_normal(shape) * rng.uniform(0.01, 30, shape[:-1] + (1,))).astype(np.float32)
     x.reshape(-1)[:4] = [-100.0, 100.0, 0.0, -0.0]
+    up = rng.standard_normal(shape).astype(np.float32)
     with np.errstate(over="ignore"):
-        got, ref = ops.silu(x), ops.silu_np(x)
+        got, ref = ops.swiglu(x, up), ops.swiglu_np(x, up)
     assert got.shape == ref.shape and got.dtype == np.float32
-    exact = x / (1 + np.exp(-x.astype(np.float64)))
-    np.testing.assert_allclose(got, exact, rtol=2e-7, atol=1e-36)
-    np.testing.assert_allclose(got, ref, rtol=4e-7, atol=1e-36)
+    exact = x / (1 + np.exp(-x.astype(np.float64))) * up
+    np.testing.assert_allclose(got, exact, rtol=3e-7, atol=4e-36)
+    np.testing.assert_allclose(got, ref, rtol=6e-7, atol=4e-36)
 
 
 @pytest.mark.parametrize("shape", [(1, 2048), (128, 2048)])
-def test_gelu_tanh_matches_numpy(shape):
-    """x / (1 + e^-2u), u = sqrt(2/pi) (x + 0.044715 x^3): 0.5 x (1 + tanh u) rewritten on
-    expf, against float64 (within 2e-6 relative) and numpy's float32 form, gates from -30
-    to 30.  numpy's 1 + tanh(u) cancels where tanh(u) ~ -1 (x below ~-3, the gate ~0):
-    off by up to 10 % there, 1.5e-7 absolute, so the comparison with it is absolute."""
+def test_geglu_matches_numpy(shape):
+    """gelu(gate) * up, gelu(x) = x / (1 + e^-2u), u = sqrt(2/pi) (x + 0.044715 x^3):
+    0.5 x (1 + tanh u) rewritten on expf, against float64 (within 2e-6 relative) and
+    numpy's float32 form, gates from -30 to 30.  numpy's 1 + tanh(u) cancels where
+    tanh(u) ~ -1 (x below ~-3, the gate ~0): off by up to 10 % there, 1.5e-7 absolute
+    (times |up| < 5), so the comparison with it is absolute."""
     rng = np.random.default_rng(sum(shape) + 1)
     x = (rng.standard_normal(shape) * rng.uniform(0.01, 10, shape[:-1] + (1,))).astype(np.float32)
     x.reshape(-1)[:4] = [-30.0, 30.0, 0.0, -0.0]
-    got, ref = ops.gelu_tanh(x), ops.gelu_tanh_np(x)
+    up = rng.standard_normal(shape).astype(np.float32)
+    got, ref = ops.geglu(x, up), ops.geglu_np(x, up)
     assert got.shape == ref.shape and got.dtype == np.float32
     x64 = x.astype(np.float64)
-    exact = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
+    exact = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3))) * up
     np.testing.assert_allclose(got, exact, rtol=2e-6, atol=1e-11)
-    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-7)
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1, 576), (7, 640), (3, 4, 64)])

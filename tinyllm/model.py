@@ -26,7 +26,7 @@ from .attention import attention
 from .errors import TinyLLMError
 from .gguf_file import GGUFFile
 from .kvcache import KVCache
-from .ops import gelu_tanh, rms_norm, rope, rope_cache, silu
+from .ops import geglu, rms_norm, rope, rope_cache, swiglu
 from .quant import NUMERICS, QTensor
 from .quant import linear as _linear, linears as _linears
 
@@ -301,9 +301,8 @@ def forward(cfg: Config, w: Weights, cache: KVCache, tokens, pos: int,
         for t0 in range(0, T, FFN_TOKENS):        # [T, F] is a prefill's largest scratch: a slice at a time
             hs = h[t0:t0 + FFN_TOKENS]
             gate, up = linears(hs, L.ffn_gate, L.ffn_up)     # [t, F] each
-            act = silu(gate) if cfg.ffn_act == "silu" else gelu_tanh(gate)
-            del gate
-            act *= up                                                  # [t, F], in place
+            act = swiglu(gate, up) if cfg.ffn_act == "silu" else geglu(gate, up)   # act(gate) * up
+            del gate, up
             linear(act, L.ffn_down, out=f[t0:t0 + FFN_TOKENS])  # [t, E]
         if L.post_ffw_norm is not None:
             f = rms_norm(f, L.post_ffw_norm, cfg.norm_eps)

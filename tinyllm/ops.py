@@ -6,9 +6,8 @@ These are cheap next to the matmuls, so plain numpy is fast enough and easiest t
 read -- except that a numpy call costs microseconds however small its array is, and
 decoding one token runs rms_norm and rope about sixty times each.  Those two have a
 numba twin that computes the same numbers (tests/test_ops.py); the numpy version is
-the reference, and what runs without numba.  So do the gate activations, on expf below:
-numpy makes 4 (silu) or 9 (gelu) passes over a prompt's [T, n_ff] gate (silu was 4 % of
-a 1.5B model's prefill).
+the reference, and what runs without numba.  So do the feed-forward's gated units
+(swiglu, geglu), on expf below.
 """
 
 from __future__ import annotations
@@ -73,9 +72,11 @@ def expf(x):
     return p * f32_from_bits((np.int32(k) + np.int32(127)) << 23)          # * 2^k
 
 
-# The FFN's [T, n_ff] arrays are the largest scratch of a prefill, so the two gate
-# activations below build their result in one new array, updated in place, instead of
-# a fresh temporary per operator (measured: 6 MiB less peak RSS on a 512-token prefill).
+# The feed-forward's gate:  act(gate) * up,  [T, n_ff].  Those arrays are the largest scratch
+# of a prefill, so the numpy references build their result in one new array, updated in
+# place, instead of a fresh temporary per operator (measured: 6 MiB less peak RSS on a
+# 512-token prefill); the numba twins make one pass over gate and up, on expf (numpy makes
+# 4 (silu) or 9 (gelu) passes over a prompt's gate: silu was 4 % of a 1.5B model's prefill).
 
 def silu_np(x: np.ndarray) -> np.ndarray:
     """x * sigmoid(x) = x / (1 + exp(-x)), the gate activation of SwiGLU (Shazeer 2020)."""
@@ -84,29 +85,6 @@ def silu_np(x: np.ndarray) -> np.ndarray:
     y += 1.0
     np.divide(x, y, out=y)
     return y
-
-
-@njit(fastmath=FASTMATH, error_model="numpy")
-def _silu_flat(x, out):
-    """x, out (n,): silu_np element by element, on expf (one pass, vectorized: numpy's error
-    model, as Python's would check every division for a zero and keep the loop scalar)"""
-    for i in range(x.shape[0]):
-        out[i] = x[i] / (np.float32(1) + expf(-x[i]))
-
-
-def _each(kernel, reference, x: np.ndarray) -> np.ndarray:
-    """An element-wise numba twin over x (any shape), or its numpy reference without numba."""
-    if not HAVE_NUMBA:
-        return reference(x)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    y = np.empty_like(x)
-    kernel(x.reshape(-1), y.reshape(-1))
-    return y
-
-
-def silu(x: np.ndarray) -> np.ndarray:
-    """silu_np, through the numba twin when numba is there (within 2e-7 of float64)."""
-    return _each(_silu_flat, silu_np, x)
 
 
 def gelu_tanh_np(x: np.ndarray) -> np.ndarray:
@@ -123,19 +101,59 @@ def gelu_tanh_np(x: np.ndarray) -> np.ndarray:
     return y
 
 
+def swiglu_np(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up: SwiGLU's gated unit (llama, qwen2).      [..., n_ff] x2 -> [..., n_ff]"""
+    y = silu_np(gate)
+    y *= up
+    return y
+
+
+def geglu_np(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gelu_tanh(gate) * up: GeGLU's (gemma).                    [..., n_ff] x2 -> [..., n_ff]"""
+    y = gelu_tanh_np(gate)
+    y *= up
+    return y
+
+
 @njit(fastmath=FASTMATH, error_model="numpy")
-def _gelu_tanh_flat(x, out):
-    """x, out (n,): gelu_tanh_np element by element, on expf.  With u = sqrt(2/pi) (x +
-    0.044715 x^3),  0.5 (1 + tanh u) = 1 / (1 + e^-2u),  so the gate is x / (1 + e^-2u)."""
-    for i in range(x.shape[0]):
-        v = x[i]
+def _swiglu_flat(gate, up, out):
+    """gate, up, out (n,): swiglu_np element by element, on expf (one pass, vectorized:
+    numpy's error model, as Python's would check every division for a zero and keep the
+    loop scalar)"""
+    for i in range(gate.shape[0]):
+        g = gate[i]
+        out[i] = g / (np.float32(1) + expf(-g)) * up[i]
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _geglu_flat(gate, up, out):
+    """gate, up, out (n,): geglu_np element by element, on expf.  With u = sqrt(2/pi) (x +
+    0.044715 x^3),  0.5 (1 + tanh u) = 1 / (1 + e^-2u),  so gelu(x) = x / (1 + e^-2u)."""
+    for i in range(gate.shape[0]):
+        v = gate[i]
         u = np.float32(0.7978845608028654) * (v + np.float32(0.044715) * v * v * v)
-        out[i] = v / (np.float32(1) + expf(np.float32(-2) * u))
+        out[i] = v / (np.float32(1) + expf(np.float32(-2) * u)) * up[i]
 
 
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """gelu_tanh_np, through the numba twin when numba is there (within 2e-6 of float64)."""
-    return _each(_gelu_tanh_flat, gelu_tanh_np, x)
+def _gated(kernel, reference, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """An element-wise numba twin over gate and up (the same shape), or its numpy reference."""
+    if not HAVE_NUMBA:
+        return reference(gate, up)
+    gate = np.ascontiguousarray(gate, dtype=np.float32)
+    up = np.ascontiguousarray(up, dtype=np.float32)
+    y = np.empty_like(gate)
+    kernel(gate.reshape(-1), up.reshape(-1), y.reshape(-1))
+    return y
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """swiglu_np, through the numba twin when numba is there (silu within 2e-7 of float64)."""
+    return _gated(_swiglu_flat, swiglu_np, gate, up)
+
+
+def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """geglu_np, through the numba twin when numba is there (gelu within 2e-6 of float64)."""
+    return _gated(_geglu_flat, geglu_np, gate, up)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -248,7 +266,7 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
 
 def kernels() -> list:
     """The numba dispatchers warmup() loads (for the start-up's warm-cache check)."""
-    return [_top_k, _rms_norm_rows, _rope_rows, _silu_flat, _gelu_tanh_flat] if HAVE_NUMBA else []
+    return [_top_k, _rms_norm_rows, _rope_rows, _swiglu_flat, _geglu_flat] if HAVE_NUMBA else []
 
 
 def warmup() -> None:
@@ -260,5 +278,5 @@ def warmup() -> None:
         rms_norm(x, weight, 1e-6)
         cos, sin = rope_cache(np.arange(1), 4, 10000.0)
         rope(x, cos, sin, True)
-        silu(x)
-        gelu_tanh(x)
+        swiglu(x, x)
+        geglu(x, x)
