@@ -152,17 +152,24 @@ else:
         return _np.array(bits, _np.int32).view(_np.float32)[()]
 
 
+_threads = None          # what set_threads() last set: numba's own getter costs ~1 us a call
+
+
 def set_threads(n: int) -> int:
     """Use n threads for the parallel kernels (clamped to what numba started with)."""
+    global _threads
     if not HAVE_NUMBA:
         return 1
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
+    _threads = n
     return n
 
 
 def get_threads() -> int:
-    return numba.get_num_threads() if HAVE_NUMBA else 1
+    if not HAVE_NUMBA:
+        return 1
+    return _threads or numba.get_num_threads()
 
 
 def call_serial(kernel, *args):

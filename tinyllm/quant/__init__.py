@@ -145,11 +145,11 @@ def linear(x: np.ndarray, w: QTensor, out=None, decode: bool = False,
         x = np.ascontiguousarray(x, dtype=np.float32)
     matvec = w.matvec(numerics, decode) if x.size == w.n_cols else None
     if matvec is not None:           # one row: straight to the fused kernel (saves ~5 us a call)
-        y = np.empty(x.shape[:-1] + (w.n_rows,), np.float32) if out is None else out
+        y = np.empty((*x.shape[:-1], w.n_rows), np.float32) if out is None else out
         if w._serial:
-            call_serial(matvec, w._w, w._none, w._none, x.reshape(-1), y.reshape(-1), F16_TO_F32)
-        else:
-            matvec(w._w, w._none, w._none, x.reshape(-1), y.reshape(-1), F16_TO_F32)
+            call_serial(matvec, w._w, w._none, w._none, x.ravel(), y.ravel(), F16_TO_F32)
+        else:                        # (ravel: a view of these contiguous arrays, and cheaper)
+            matvec(w._w, w._none, w._none, x.ravel(), y.ravel(), F16_TO_F32)
         return y
     f = w.fmt
     rounded = rounds_x(numerics, decode, f)
@@ -181,17 +181,17 @@ def linears(x: np.ndarray, *ws: QTensor, decode: bool = False, numerics: str = "
     plan = ws[0]._plans.get((ws, numerics, decode))
     if plan is None:
         plan = ws[0]._plans[(ws, numerics, decode)] = _stack_plan(ws, numerics, decode)
-    ys, xr = [], x.reshape(-1)
+    ys, xr = [], x.ravel()
     for matvec, args, n_rows, cuts, serial in plan:
         if matvec is None:                           # no one-row kernel: linear's other paths
             ys.append(linear(x, args[0], decode=decode, numerics=numerics))
             continue
-        y = np.empty(n_rows, np.float32)
+        y = np.empty((*x.shape[:-1], n_rows), np.float32)
         if serial:
-            call_serial(matvec, *args, xr, y, F16_TO_F32)
+            call_serial(matvec, *args, xr, y.ravel(), F16_TO_F32)
         else:
-            matvec(*args, xr, y, F16_TO_F32)
-        ys.extend(y[a:b].reshape(x.shape[:-1] + (b - a,)) for a, b in cuts)
+            matvec(*args, xr, y.ravel(), F16_TO_F32)
+        ys.extend(y[..., a:b] for a, b in cuts)
     return ys
 
 
