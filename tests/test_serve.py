@@ -401,3 +401,40 @@ def test_memory_check_refuses_what_does_not_fit(smollm2_path, monkeypatch):
     assert e.value.status == 500 and "more system memory" in e.value.message
     monkeypatch.setattr(serve, "mem_available", lambda: need)
     models._make_room(MODEL, smollm2_path, 1024)
+
+
+def test_threads_hold_in_every_request_thread(smollm2_path, monkeypatch):
+    """--threads N: numba's thread count is per Python thread, and each request runs in one
+    of waitress's worker threads, not the one that loaded the model.  The forward passes of a
+    generation requested from a fresh thread run on N threads."""
+    import io
+
+    import numba
+
+    from tinyllm import model as model_module
+    seen = []
+    forward = model_module.Model.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(numba.get_num_threads())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_module.Model, "forward", spy)
+    models = serve.Models({MODEL: smollm2_path}, 512, "f16", True, 1, 300.0, threading.Event())
+    app = serve.Server(models, threading.Event())
+    body = json.dumps({"model": MODEL, "prompt": "Hi", "stream": False,
+                       "options": {"num_predict": 3, "temperature": 0}}).encode()
+    replies = []
+
+    def request():           # a new thread: numba's own default there is every core
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/generate", "CONTENT_LENGTH": str(len(body)),
+                   "wsgi.input": io.BytesIO(body)}
+        replies.append(b"".join(app(environ, lambda status, headers: replies.append(status))))
+
+    for _ in range(2):       # the first request loads the model, the second finds it loaded
+        worker = threading.Thread(target=request)
+        worker.start()
+        worker.join()
+    assert replies[0] == "200 OK" and json.loads(replies[1])["done"] and replies[2] == "200 OK"
+    assert len(seen) >= 6 and set(seen) == {1}
+    models.unload(MODEL, why="test")

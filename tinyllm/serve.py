@@ -739,8 +739,11 @@ class Server:
 
         def pieces():
             """(text, None) per piece, then (None, final fields) once."""
+            from . import jit
             from .generate import Stats
             stats = Stats()
+            if self.models.threads:    # numba's thread count is per thread: this worker's too
+                jit.set_threads(self.models.threads)
 
             def on_token(_tok):
                 if gone() or self.stopping.is_set():
