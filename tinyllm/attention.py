@@ -162,11 +162,12 @@ def online_softmax_step(q, r0, r1, k, v, a, b, scale, m, l, o, s):
 
 
 # The two products of the tile loop, written with simd.py's 8-lane vectors (k, v, o and q
-# are dense, so k[i, d] is k's flat element i * Dk + d).  As plain loops they spent their
-# time waiting: each cell's dot product on its own chain of multiply-adds, and each
-# multiply-add of P V on a load and a store of O.  On a 2-core Zen 3 (AVX2), one decode
-# call at SmolLM2's shapes went 27 -> 25 us (scores) and 25 -> 24 (P V) at 170 cells,
-# 140 -> 125 -> 120 at 1,024 (scripts/bench_attention.py, with the tile reads below).
+# are dense, so k[i, d] is k's flat element i * Dk + d).  Both are chains of multiply-adds,
+# each waiting ~4 cycles on the one before: a dot product a cell (the plain loop) kept one
+# chain going at a time, and 32 columns of O four.  Four cells, and 64 columns, keep
+# enough chains going to fill the FPU.  One decode call at SmolLM2's shapes on one thread
+# of a Zen 3 (AVX2), old and new alternating in one process: scores 27.4 -> 25.3 us at 170
+# cells and 137 -> 126 at 1,024; P V a further 3-4 %.
 @njit(fastmath=FASTMATH, inline="always")
 def tile_scores(q, r, k, a, b, scale, sr):
     """sr[a:b] = q[r] . k[a:b] * scale, and their max.  Four cells at a time: the four dot
