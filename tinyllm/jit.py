@@ -167,6 +167,9 @@ def set_threads(n: int) -> int:
 
 
 def get_threads() -> int:
+    """The thread count set_threads() chose (else numba's).  numba's own count belongs to
+    each Python thread: a thread that runs kernels other than the one that chose calls
+    set_threads() itself (serve does, per generation)."""
     if not HAVE_NUMBA:
         return 1
     return _threads or numba.get_num_threads()

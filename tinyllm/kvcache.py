@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import TinyLLMError
 from .ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
-from .jit import FASTMATH, HAVE_NUMBA, f16_to_f32, f32_to_f16, njit
+from .jit import FASTMATH, HAVE_NUMBA, f32_to_f16, njit
 from .quant import dequantize
 from .quant.activations import quantize_q8_0 as quantize_q8_0_block
 from .quant.q4 import quantize_q4_0
@@ -136,9 +136,10 @@ def dequantize_cells(raw, g, c0, n, fmt, out):
         n_blocks = raw.shape[2] // (2 + QK // 2)
         half = dim // n_blocks // 2
         for i in range(n):
+            row = (c * raw.shape[1] + g) * raw.shape[2]
             for b in range(n_blocks):
                 o = b * (2 + QK // 2)
-                d = f16_to_f32(np.uint16(raw[c, g, o]) | (np.uint16(raw[c, g, o + 1]) << 8))
+                d = f16_at(raw, row + o)
                 # byte = 16 hi + lo, split in float arithmetic (exact; integer ops would be
                 # widened to int64, and int64 -> float does not vectorize on AVX2)
                 for j in range(half):
