@@ -17,10 +17,10 @@ from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import linear_q8_0_act, linear_q8_1_act, x_q8_0_biased, x_q8_1
 from .common import (LO4, QuantFormat, f16_at, f16_bytes, f16_field, hi, inverse, lo, nibbles, pack_nibbles,
                      row_chunks, signed_absmax, u32_le)
-from .rows import ACT_Q8_0, ACT_Q8_1, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
+from .rows import ACT_Q8_0, ACT_Q8_1, fetch_ahead, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
 if HAVE_NUMBA:
-    from .simd import (dot, dot_acc, f16_splat, fma, fmadd, fmul, hsum, load_i32x8, nibbles16, prefetch,
+    from .simd import (dot, dot_acc, f16_splat, fma, fmadd, fmul, hsum, load_i32x8, nibbles16,
                        splat, with_bit4, zeros_f32x8)
 
 BLOCK = 32
@@ -135,23 +135,6 @@ def codes_q4(row, P4, i, S8, M8, lut):
 
 
 # ---- decode with int8 x: four rows' dot products (rows.matvec_rows) -----------------------------
-# Each row is read once from memory, front to back.  Asking for the line AHEAD bytes
-# further along every row keeps loads in flight that the hardware prefetchers, juggling
-# four rows per thread, start too late: on the 1B model Q4_0 decode went from 0.73x to
-# 0.82-0.84x llama.cpp (scripts/bench_speed.py --synthetic-1b).  Only Q4_0/Q5_0 ask: on
-# Q4_K it did not help (0.75x with a hint per cache line of a super-block, 0.50x with one
-# per super-block, 0.75-0.83x without), on Q8_0 it changed nothing.
-AHEAD = 1024
-
-
-@njit(inline="always")
-def _ahead(w0, w1, w2, w3, o):
-    prefetch(w0, o + AHEAD)
-    prefetch(w1, o + AHEAD)
-    prefetch(w2, o + AHEAD)
-    prefetch(w3, o + AHEAD)
-
-
 @njit(fastmath=FASTMATH, inline="never")
 def dot4_int8_q4_0(w0, w1, w2, w3, xr, lut):
     xq, xd, xi = xr
@@ -173,7 +156,10 @@ def dot4_int8_biased(w0, w1, w2, w3, xq, xd, xi, lut, five_bits):
         else:
             q0, q1, q2, q3 = nibbles16(w0, o + qs), nibbles16(w1, o + qs), nibbles16(w2, o + qs), nibbles16(w3, o + qs)
         bias = load_i32x8(xi, 8 * b)
-        _ahead(w0, w1, w2, w3, o)
+        fetch_ahead(w0, o, size)
+        fetch_ahead(w1, o, size)
+        fetch_ahead(w2, o, size)
+        fetch_ahead(w3, o, size)
         a0 = fma(a0, dot_acc(bias, q0, xq, xo), fmul(f16_splat(w0, o, lut), d))
         a1 = fma(a1, dot_acc(bias, q1, xq, xo), fmul(f16_splat(w1, o, lut), d))
         a2 = fma(a2, dot_acc(bias, q2, xq, xo), fmul(f16_splat(w2, o, lut), d))
