@@ -178,6 +178,10 @@ def dot4_int8_q4_1(w0, w1, w2, w3, xr, lut):
     for b in range(xd.shape[0]):
         o, xo, d, s = 20 * b, 32 * b, splat(xd[b]), splat(xs[b] * np.float32(0.125))
         q0, q1, q2, q3 = nibbles16(w0, o + 4), nibbles16(w1, o + 4), nibbles16(w2, o + 4), nibbles16(w3, o + 4)
+        fetch_ahead(w0, o, 20)
+        fetch_ahead(w1, o, 20)
+        fetch_ahead(w2, o, 20)
+        fetch_ahead(w3, o, 20)
         a0 = fmadd(fma(a0, dot(q0, xq, xo), fmul(f16_splat(w0, o, lut), d)), f16_splat(w0, o + 2, lut), s)
         a1 = fmadd(fma(a1, dot(q1, xq, xo), fmul(f16_splat(w1, o, lut), d)), f16_splat(w1, o + 2, lut), s)
         a2 = fmadd(fma(a2, dot(q2, xq, xo), fmul(f16_splat(w2, o, lut), d)), f16_splat(w2, o + 2, lut), s)

@@ -70,9 +70,10 @@ def matvec_q8_0_reference(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 # Measured on Zen 4 (AVX-512 VNNI, 2 threads), Qwen2.5-Coder-1.5B's decode with and
 # without, alternating in one process (scripts/bench_ab.py): while the VM's memory was
 # busy, Q4_K's hints alone took it from 23.0 to 27.6 tok/s; on a quiet machine, Q4_K's
-# and Q6_K's 41.8 -> 42.5 (and the 0.5B's 94.6 -> 102.9).  1 KiB ahead was ~5 % slower
-# than 2-8 KiB, which were alike.  (Q4_0 and Q5_0 asked
-# first, 1 KiB ahead: a synthetic 1B's Q4_0 decode went from 0.73x to 0.83x llama.cpp.)
+# and Q6_K's 41.8 -> 42.5 (and the 0.5B's 94.6 -> 102.9); then Q4_1's and Q8_0's:
+# SmolLM2 160 -> 181 tok/s, the 0.5B 90 -> 96.  1 KiB ahead was ~5 % slower than 2-8 KiB,
+# which were alike.  (Q4_0 and Q5_0 asked first, 1 KiB ahead: a synthetic 1B's Q4_0
+# decode went from 0.73x to 0.83x llama.cpp.)
 AHEAD = 2048
 
 
