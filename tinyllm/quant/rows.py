@@ -73,7 +73,8 @@ def matvec_q8_0_reference(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 # and Q6_K's 41.8 -> 42.5 (and the 0.5B's 94.6 -> 102.9); then Q4_1's and Q8_0's:
 # SmolLM2 160 -> 181 tok/s, the 0.5B 90 -> 96.  1 KiB ahead was ~5 % slower than 2-8 KiB,
 # which were alike.  (Q4_0 and Q5_0 asked first, 1 KiB ahead: a synthetic 1B's Q4_0
-# decode went from 0.73x to 0.83x llama.cpp.)
+# decode went from 0.73x to 0.83x llama.cpp.  Q4_K's hints were tried then too, and
+# judged useless from runs in separate processes, whose noise on a shared VM hid them.)
 AHEAD = 2048
 
 
