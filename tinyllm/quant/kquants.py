@@ -30,7 +30,7 @@ from ..ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import QK_K, linear_q8_K_act, x_q8_K
 from .common import LO2, LO4, QuantFormat, f16_at, f16_field, hi, lo, row_chunks, u32_le
-from .rows import ACT_Q8_K, fetch_ahead, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
+from .rows import ACT_Q8_K, fetch_ahead, fetch_ahead4, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
 if HAVE_NUMBA:
     from .simd import (add, dot_scaled, fma, hsum, int8x8, lane, load_i32x8, mul, nibbles_hi,
@@ -365,10 +365,7 @@ def dot4_int8_q6_K(w0, w1, w2, w3, xr, lut):
     a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
     for B in range(xd.shape[0]):
         o = 210 * B
-        fetch_ahead(w0, o, 210)
-        fetch_ahead(w1, o, 210)
-        fetch_ahead(w2, o, 210)
-        fetch_ahead(w3, o, 210)
+        fetch_ahead4(w0, w1, w2, w3, o, 210)
         a0, a1 = _q6_K_row(a0, w0, o, B, xq, xd, bs16), _q6_K_row(a1, w1, o, B, xq, xd, bs16)
         a2, a3 = _q6_K_row(a2, w2, o, B, xq, xd, bs16), _q6_K_row(a3, w3, o, B, xq, xd, bs16)
     return hsum(a0), hsum(a1), hsum(a2), hsum(a3)

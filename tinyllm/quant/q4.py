@@ -17,7 +17,7 @@ from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import linear_q8_0_act, linear_q8_1_act, x_q8_0_biased, x_q8_1
 from .common import (LO4, QuantFormat, f16_at, f16_bytes, f16_field, hi, inverse, lo, nibbles, pack_nibbles,
                      row_chunks, signed_absmax, u32_le)
-from .rows import ACT_Q8_0, ACT_Q8_1, fetch_ahead, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
+from .rows import ACT_Q8_0, ACT_Q8_1, fetch_ahead4, matvec_rows, prefill_rows, prefill_rows_int8, x_blocks, x_with_sums
 
 if HAVE_NUMBA:
     from .simd import (dot, dot_acc, f16_splat, fma, fmadd, fmul, hsum, load_i32x8, nibbles16,
@@ -156,10 +156,7 @@ def dot4_int8_biased(w0, w1, w2, w3, xq, xd, xi, lut, five_bits):
         else:
             q0, q1, q2, q3 = nibbles16(w0, o + qs), nibbles16(w1, o + qs), nibbles16(w2, o + qs), nibbles16(w3, o + qs)
         bias = load_i32x8(xi, 8 * b)
-        fetch_ahead(w0, o, size)
-        fetch_ahead(w1, o, size)
-        fetch_ahead(w2, o, size)
-        fetch_ahead(w3, o, size)
+        fetch_ahead4(w0, w1, w2, w3, o, size)
         a0 = fma(a0, dot_acc(bias, q0, xq, xo), fmul(f16_splat(w0, o, lut), d))
         a1 = fma(a1, dot_acc(bias, q1, xq, xo), fmul(f16_splat(w1, o, lut), d))
         a2 = fma(a2, dot_acc(bias, q2, xq, xo), fmul(f16_splat(w2, o, lut), d))
@@ -178,10 +175,7 @@ def dot4_int8_q4_1(w0, w1, w2, w3, xr, lut):
     for b in range(xd.shape[0]):
         o, xo, d, s = 20 * b, 32 * b, splat(xd[b]), splat(xs[b] * np.float32(0.125))
         q0, q1, q2, q3 = nibbles16(w0, o + 4), nibbles16(w1, o + 4), nibbles16(w2, o + 4), nibbles16(w3, o + 4)
-        fetch_ahead(w0, o, 20)
-        fetch_ahead(w1, o, 20)
-        fetch_ahead(w2, o, 20)
-        fetch_ahead(w3, o, 20)
+        fetch_ahead4(w0, w1, w2, w3, o, 20)
         a0 = fmadd(fma(a0, dot(q0, xq, xo), fmul(f16_splat(w0, o, lut), d)), f16_splat(w0, o + 2, lut), s)
         a1 = fmadd(fma(a1, dot(q1, xq, xo), fmul(f16_splat(w1, o, lut), d)), f16_splat(w1, o + 2, lut), s)
         a2 = fmadd(fma(a2, dot(q2, xq, xo), fmul(f16_splat(w2, o, lut), d)), f16_splat(w2, o + 2, lut), s)

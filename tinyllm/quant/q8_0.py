@@ -13,7 +13,13 @@ import numpy as np
 from ..jit import FASTMATH, HAVE_NUMBA, njit
 from .activations import linear_q8_0_act, round_away_np, x_q8_0
 from .common import QuantFormat, f16_at, f16_bytes, f16_field, inverse, row_chunks
-from .rows import fetch_ahead, matvec_rows, prefill_rows, prefill_rows_dot4, x_with_sums
+from .rows import (
+    fetch_ahead4,
+    matvec_rows,
+    prefill_rows,
+    prefill_rows_dot4,
+    x_with_sums,
+)
 
 if HAVE_NUMBA:
     from .simd import bytes32, dot_signed, fma, hsum, zeros_f32x8
@@ -69,10 +75,7 @@ def dot4_int8(w0, w1, w2, w3, xr, lut):
     a0, a1, a2, a3 = zeros_f32x8(), zeros_f32x8(), zeros_f32x8(), zeros_f32x8()
     for b in range(xd.shape[0]):
         o, xo, d = 34 * b, 32 * b, xd[b]
-        fetch_ahead(w0, o, 34)
-        fetch_ahead(w1, o, 34)
-        fetch_ahead(w2, o, 34)
-        fetch_ahead(w3, o, 34)
+        fetch_ahead4(w0, w1, w2, w3, o, 34)
         a0 = fma(a0, dot_signed(bytes32(w0, o + 2), xq, xo), f16_of(w0, o) * d)
         a1 = fma(a1, dot_signed(bytes32(w1, o + 2), xq, xo), f16_of(w1, o) * d)
         a2 = fma(a2, dot_signed(bytes32(w2, o + 2), xq, xo), f16_of(w2, o) * d)

@@ -87,6 +87,15 @@ def fetch_ahead(w, o, size):
 
 
 @njit(inline="always")
+def fetch_ahead4(w0, w1, w2, w3, o, size):
+    """fetch_ahead for each of a dot4's four rows"""
+    fetch_ahead(w0, o, size)
+    fetch_ahead(w1, o, size)
+    fetch_ahead(w2, o, size)
+    fetch_ahead(w3, o, size)
+
+
+@njit(inline="always")
 def rows_of_group(dot4, w, g, xr, y, y0, lut):
     """Group g of W's rows: rows g, g+Q, g+2Q, g+3Q (Q = R // 4), or for g == Q the 1..3
     rows left at the end (its last row repeated, the extra results dropped), into
